@@ -1,0 +1,25 @@
+# `make test` is the one test command: README and .ci/run both call it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test setup simulate clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/ci.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints/ci.txt -e '.[test]'
+	touch $(STAMP)
+
+# pytest exits 5 when it collected nothing; that must fail, and it does (any non-zero exit fails make).
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+simulate: $(STAMP)
+	$(VENV)/bin/megatron-bond simulate
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,203 @@
+"""One typed config schema for a run: recipe YAML + ``key=value`` overrides, validated up front.
+
+Every error is a one-line ``ConfigError`` naming the dotted key, raised before any process group starts.
+``Config.to_dict()`` is what checkpoints carry; ``Config.from_dict`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    name: str = "megatron-bond"
+    seed: int = 1234
+    output_dir: str = "runs/megatron-bond"
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B)
+    micro_batch_size: int = 1
+
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # None: multi-head attention
+    kv_channels: Optional[int] = None  # head dim; None: hidden_size // num_attention_heads
+    vocab_size: int = 256
+    max_seq_length: int = 128
+    params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-6
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class BondConfig:
+    algorithm: Literal["jbond", "bond", "reinforce"] = "jbond"
+    beta: float = 0.5  # weight of the backward-KL (RL) side of the Jeffreys divergence
+    gamma: float = 0.0  # KL-to-anchor regulariser
+    eta: float = 0.02  # EMA anchor rate
+    n: int = 2  # Best-of-N of the anchor (BOND); J-BOND uses 2 anchor samples
+    beta_rl: float = 0.01  # KL weight of the REINFORCE baseline
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: Literal["online", "offline", "disabled"] = "disabled"
+    wandb_project: str = "megatron-bond"
+    log_interval: int = 1
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    bond: BondConfig = field(default_factory=BondConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, "")
+
+    def validate(self) -> "Config":
+        m, p = self.model, self.parallel
+        groups = m.num_query_groups or m.num_attention_heads
+        _require(p.tp >= 1 and p.pp >= 1, "parallel.tp", "parallel sizes must be >= 1")
+        _require(
+            m.num_attention_heads % p.tp == 0,
+            "parallel.tp",
+            f"tp={p.tp} must divide model.num_attention_heads={m.num_attention_heads}",
+        )
+        _require(
+            m.num_attention_heads % groups == 0,
+            "model.num_query_groups",
+            f"{groups} must divide model.num_attention_heads={m.num_attention_heads}",
+        )
+        _require(
+            groups % p.tp == 0 or p.tp % groups == 0,
+            "parallel.tp",
+            f"tp={p.tp} and model.num_query_groups={groups} must divide one another",
+        )
+        stages = p.pp * (p.vpp or 1)
+        _require(
+            m.num_layers % stages == 0,
+            "parallel.pp",
+            f"pp*vpp={stages} must divide model.num_layers={m.num_layers}",
+        )
+        _require(p.vpp is None or p.pp > 1, "parallel.vpp", "virtual pipeline needs pp > 1")
+        _require(0.0 <= self.bond.beta <= 1.0, "bond.beta", "must lie in [0, 1]")
+        _require(0.0 < self.bond.eta <= 1.0, "bond.eta", "must lie in (0, 1]")
+        _require(self.bond.n >= 1, "bond.n", "must be >= 1")
+        return self
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config: {key}: {message}")
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(value, inner, key)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"config: {key}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config: {key}: expected a list, got {value!r}")
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(f"config: {key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"config: unknown key '{dotted}' (known: {', '.join(names)})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{dotted}.")
+        else:
+            kwargs[key] = _check_type(value, hint, dotted)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"config: override {item!r} is not of the form key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config: override {key}: '{part}' is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a recipe YAML (or the defaults), apply overrides, and validate."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"config: recipe {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+    data = apply_overrides(data, list(overrides or []))
+    return Config.from_dict(data).validate()
