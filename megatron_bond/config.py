@@ -152,6 +152,11 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-6" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise ConfigError(f"config: {key}: expected {hint.__name__}, got {value!r}")
     return value
@@ -159,7 +164,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 def _build(cls, data: Any, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {prefix or 'top level'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

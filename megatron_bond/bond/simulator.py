@@ -1,0 +1,152 @@
+"""An exact Best-of-N problem: a tabular autoregressive policy over all sequences of a tiny vocabulary.
+
+The support (V**L sequences) is small enough to enumerate, so expectations are exact sums and every
+BOND objective can be checked against its closed form; sampling from the same tables gives the
+estimators' view. L = 1 is a plain categorical policy (softmax over V logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from megatron_bond.bond.best_of_n import bon_probs, exact_quantiles, kl
+from megatron_bond.bond.losses import (
+    backward_kl_loss,
+    ema_update_,
+    forward_kl_loss,
+    jeffreys_loss,
+    kl_regulariser_loss,
+    policy_gradient_loss,
+    JBOND_PENALTY,
+)
+
+
+@dataclass
+class SequenceProblem:
+    vocab: int
+    length: int
+    rewards: Tensor  # [V**L], one per sequence (distinct unless ties are wanted)
+    ref_logits: Tensor  # [num_prefixes, V]
+
+    @classmethod
+    def random(cls, vocab: int = 3, length: int = 2, seed: int = 0, ties: bool = False) -> "SequenceProblem":
+        gen = torch.Generator().manual_seed(seed)
+        size = vocab**length
+        rewards = torch.randperm(size, generator=gen).to(torch.float64)
+        if ties:
+            rewards = torch.div(rewards, 2, rounding_mode="floor")
+        num_prefixes = sum(vocab**t for t in range(length))
+        ref_logits = torch.randn(num_prefixes, vocab, generator=gen, dtype=torch.float64)
+        return cls(vocab, length, rewards, ref_logits)
+
+    def sequences(self) -> Tensor:
+        """All sequences [V**L, L] in index order (first token most significant)."""
+        idx = torch.arange(self.vocab**self.length)
+        digits = [(idx // self.vocab ** (self.length - 1 - t)) % self.vocab for t in range(self.length)]
+        return torch.stack(digits, dim=-1)
+
+    def _prefix_rows(self) -> Tensor:
+        """Row of the logits table that predicts token t of each sequence: [V**L, L]."""
+        seqs, rows = self.sequences(), []
+        for t in range(self.length):
+            offset = sum(self.vocab**s for s in range(t))
+            code = torch.zeros(len(seqs), dtype=torch.long)
+            for s in range(t):
+                code = code * self.vocab + seqs[:, s]
+            rows.append(offset + code)
+        return torch.stack(rows, dim=-1)
+
+    def log_probs(self, logits: Tensor) -> Tensor:
+        """Sequence log-probs of every sequence under the policy with this logits table: [V**L]."""
+        token_logp = torch.log_softmax(logits, dim=-1)[self._prefix_rows(), self.sequences()]
+        return token_logp.sum(-1)
+
+    def sample(self, logits: Tensor, n: int, gen: torch.Generator) -> Tensor:
+        """n sequence indices drawn from the policy."""
+        probs = self.log_probs(logits).detach().exp()
+        return torch.multinomial(probs, n, replacement=True, generator=gen)
+
+    def ref_probs(self) -> Tensor:
+        return self.log_probs(self.ref_logits).exp()
+
+    def quantile(self, probs: Tensor) -> Tensor:
+        """Expected reference quantile E_{y~probs}[p≤_ref(y)]."""
+        p_le, _ = exact_quantiles(self.ref_probs(), self.rewards)
+        return (probs * p_le.squeeze(-1)).sum()
+
+
+def bon_curve(problem: SequenceProblem, max_n: int = 400) -> tuple[list[float], list[float]]:
+    """The Best-of-N curve of π_ref for N = 1..max_n−1: (expected quantile, KL(π_BoN‖π_ref))."""
+    ref = problem.ref_probs()
+    points = [bon_probs(ref, problem.rewards, n) for n in range(1, max_n)]
+    return [problem.quantile(p).item() for p in points], [kl(p, ref).item() for p in points]
+
+
+def exact_jbond_step(
+    problem: SequenceProblem, logits: Tensor, anchor: Tensor, beta: float, gamma: float
+) -> Tensor:
+    """The J-BOND loss in exact expectation (its gradient is the expected J-BOND gradient).
+
+    Forward term under Best-of-2 of the anchor; backward term under the policy with
+    E[r_J(y)] = −log 16 · P(both anchor samples beat y) = −log 16 · (1 − p≤_anchor(y))².
+    """
+    logp = problem.log_probs(logits)
+    logp_anchor = problem.log_probs(anchor).detach()
+    anchor_probs = logp_anchor.exp()
+    pi = logp.detach().exp()
+    p_le, _ = exact_quantiles(anchor_probs, problem.rewards)
+    reward_j = JBOND_PENALTY * (1 - p_le.squeeze(-1)) ** 2
+    returns = reward_j - (logp.detach() - logp_anchor)
+    forward, _ = forward_kl_loss(logp, sample_weight=bon_probs(anchor_probs, problem.rewards, 2))
+    backward = policy_gradient_loss(logp, returns, (pi * returns).sum(), sample_weight=pi)
+    reg = kl_regulariser_loss(logp, logp_anchor, sample_weight=pi)
+    return jeffreys_loss(forward, backward, beta) + gamma * reg
+
+
+def run_jbond(
+    problem: SequenceProblem, steps: int, lr: float, beta: float = 0.5, gamma: float = 0.0,
+    eta: float = 0.05, log_every: int = 0,
+) -> list[dict]:
+    """Exact J-BOND with an EMA anchor from π_ref: the quantile and KL(π‖π_ref) after each step."""
+    logits = problem.ref_logits.clone().requires_grad_(True)
+    anchor = problem.ref_logits.clone()
+    opt = torch.optim.Adam([logits], lr=lr)
+    ref = problem.ref_probs()
+    history = []
+    curve_q, curve_kl = bon_curve(problem) if log_every else ([], [])
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        exact_jbond_step(problem, logits, anchor, beta, gamma).backward()
+        opt.step()
+        ema_update_([anchor], [logits.detach()], eta)
+        probs = problem.log_probs(logits).detach().exp()
+        anchor_probs = problem.log_probs(anchor).exp()
+        history.append({
+            "step": step,
+            "quantile": problem.quantile(probs).item(),
+            "kl_ref": kl(probs, ref).item(),
+            "kl_anchor": kl(probs, anchor_probs).item(),
+        })
+        if log_every and step % log_every == 0:
+            h = history[-1]
+            bon_kl = float(np.interp(h["quantile"], curve_q, curve_kl))
+            print(f"step {step:5d}  quantile {h['quantile']:.4f}  KL(pi|ref) {h['kl_ref']:.4f}  "
+                  f"Best-of-N KL at this quantile {bon_kl:.4f}  KL(pi|anchor) {h['kl_anchor']:.5f}",
+                  flush=True)
+    return history
+
+
+def exact_backward_kl_loss(problem: SequenceProblem, logits: Tensor, n: int) -> Tensor:
+    """Backward-KL REINFORCE loss in exact expectation, with exact quantiles p≤_ref."""
+    logp = problem.log_probs(logits)
+    ref = problem.ref_probs()
+    p_le, _ = exact_quantiles(ref, problem.rewards)
+    pi = logp.detach().exp()
+    log_q = (n - 1) * p_le.squeeze(-1).log()
+    returns = log_q - (logp.detach() - ref.log())
+    loss, _ = backward_kl_loss(logp, ref.log(), log_q, baseline=(pi * returns).sum(), sample_weight=pi)
+    return loss

@@ -1,0 +1,74 @@
+import pytest
+
+from megatron_bond.cli import main
+from megatron_bond.config import Config, ConfigError, load_config
+
+RECIPE = "recipes/tiny_cpu.yaml"
+
+
+def test_recipe_loads_with_dotted_overrides():
+    cfg = load_config(RECIPE, ["parallel.tp=2", "optimizer.lr=3e-6", "bond.algorithm=bond", "parallel.vpp=null"])
+    assert cfg.parallel.tp == 2 and cfg.optimizer.lr == 3e-6 and cfg.bond.algorithm == "bond"
+    assert cfg.parallel.vpp is None
+    assert cfg.model.hidden_size == 64  # from the recipe, not the default
+
+
+def test_int_is_accepted_where_float_is_expected():
+    assert load_config(None, ["bond.beta=1"]).bond.beta == 1.0
+    assert isinstance(load_config(None, ["bond.beta=1"]).bond.beta, float)
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(RECIPE, ["parallel.pp=2"])
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("parallel.tpp=2", "unknown key 'parallel.tpp' (known: tp, pp, vpp, micro_batch_size)"),
+        ("parallel.tp=two", "parallel.tp: expected int, got 'two'"),
+        ("parallel.tp=true", "parallel.tp: expected int, got True"),
+        ("bond.algorithm=ppo", "bond.algorithm: 'ppo' is not one of ['jbond', 'bond', 'reinforce']"),
+        ("parallel.tp=3", "parallel.tp: tp=3 must divide model.num_attention_heads=4"),
+        ("parallel.pp=3", "parallel.pp: pp*vpp=3 must divide model.num_layers=2"),
+        ("bond.beta=1.5", "bond.beta: must lie in [0, 1]"),
+        ("bond.beta=high", "bond.beta: expected float, got 'high'"),
+        ("model=3", "config: model: expected a mapping, got 3"),
+        ("tp", "override 'tp' is not of the form key=value"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPE, [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe():
+    with pytest.raises(ConfigError, match="recipe nope.yaml does not exist"):
+        load_config("nope.yaml")
+
+
+def test_cli_config_prints_resolved_config_and_reports_errors(capsys):
+    assert main(["config", RECIPE, "parallel.tp=2"]) == 0
+    assert '"tp": 2' in capsys.readouterr().out
+    assert main(["config", "parallel.tp=2"]) == 0  # overrides without a recipe
+    assert main(["config", RECIPE, "parallel.tp=5"]) == 2
+    assert "parallel.tp: tp=5 must divide" in capsys.readouterr().err
+
+
+def test_cli_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "config" in out and "simulate" in out
+
+
+def test_cli_simulate_runs_and_writes_history(tmp_path, capsys):
+    out = tmp_path / "h.jsonl"
+    assert main(["simulate", "--steps", "20", "--output", str(out)]) == 0
+    rows = [__import__("json").loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 20 and rows[-1]["quantile"] > rows[0]["quantile"]
+    assert "Best-of-N KL at this quantile" in capsys.readouterr().out
