@@ -46,9 +46,16 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_query_groups: Optional[int] = None  # None: multi-head attention
     kv_channels: Optional[int] = None  # head dim; None: hidden_size // num_attention_heads
-    vocab_size: int = 256
+    vocab_size: int = 256  # the tokenizer's; the embedding is padded (padded_vocab_size)
+    # Padding multiple, independent of the layout so that checkpoints reshard across TP.
+    make_vocab_size_divisible_by: int = 128
     max_seq_length: int = 128
+    final_logit_softcap: Optional[float] = None  # Gemma 2: c·tanh(z/c) on the output logits
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def padded_vocab_size(self) -> int:
+        multiple = self.make_vocab_size_divisible_by
+        return -(-self.vocab_size // multiple) * multiple
 
 
 @dataclass
@@ -114,6 +121,11 @@ class Config:
             groups % p.tp == 0 or p.tp % groups == 0,
             "parallel.tp",
             f"tp={p.tp} and model.num_query_groups={groups} must divide one another",
+        )
+        _require(
+            m.padded_vocab_size() % p.tp == 0,
+            "model.make_vocab_size_divisible_by",
+            f"the padded vocabulary ({m.padded_vocab_size()}) must split evenly over tp={p.tp}",
         )
         stages = p.pp * (p.vpp or 1)
         _require(

@@ -10,9 +10,11 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
 )
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 
 from megatron_bond.config import Config
+from megatron_bond.ops import HeadSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,7 +67,47 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     )
 
 
-def build_model(cfg: Config) -> list[GPTModel]:
+class BondGPTModel(GPTModel):
+    """GPTModel whose last stage can give its final hidden states to a log-prob head
+    (``forward(..., head=h)``) instead of materialising [tokens, vocab] logits."""
+
+    def __init__(self, *args, real_vocab_size: int, final_logit_softcap: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.real_vocab_size = real_vocab_size
+        self.final_logit_softcap = final_logit_softcap
+        self._head = None
+
+    def head_spec(self) -> HeadSpec:
+        """This rank's place in the vocab-parallel output layer."""
+        rows = self.vocab_size // ps.get_tensor_model_parallel_world_size()
+        return HeadSpec(
+            vocab_start=ps.get_tensor_model_parallel_rank() * rows,
+            vocab_size=self.real_vocab_size,
+            softcap=self.final_logit_softcap,
+            group=ps.get_tensor_model_parallel_group(),
+            backend="triton" if torch.cuda.is_available() else "torch",
+        )
+
+    def forward(self, *args, head=None, **kwargs):
+        self._head = head
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._head = None
+
+    def _postprocess(self, hidden_states, *args, **kwargs):
+        if self._head is None or not self.post_process:
+            return super()._postprocess(hidden_states, *args, **kwargs)
+        if self.config.sequence_parallel:
+            hidden_states = gather_from_sequence_parallel_region(hidden_states)
+        if self.share_embeddings_and_output_weights:
+            weight = self.shared_embedding_or_output_weight()
+        else:
+            weight = self.output_layer.weight
+        return self._head(hidden_states, weight, self.head_spec())
+
+
+def build_model(cfg: Config) -> list[BondGPTModel]:
     """One model chunk per virtual pipeline stage of this rank (one chunk without vpp)."""
     config = transformer_config(cfg)
     if use_transformer_engine():
@@ -76,10 +118,12 @@ def build_model(cfg: Config) -> list[GPTModel]:
     chunks = []
     for vp_stage in range(vpp):
         chunks.append(
-            GPTModel(
+            BondGPTModel(
                 config=config,
                 transformer_layer_spec=spec,
-                vocab_size=cfg.model.vocab_size,
+                vocab_size=cfg.model.padded_vocab_size(),
+                real_vocab_size=cfg.model.vocab_size,
+                final_logit_softcap=cfg.model.final_logit_softcap,
                 max_sequence_length=cfg.model.max_seq_length,
                 pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
                 post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),

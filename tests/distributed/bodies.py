@@ -14,13 +14,12 @@ SEQ, MBS, SEED = 16, 2, 1234
 LR = 1e-3
 
 
-def tiny_config(tp: int, pp: int) -> Config:
+def tiny_config(tp: int, pp: int, **model) -> Config:
+    fields = dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                  num_query_groups=2, vocab_size=128, max_seq_length=SEQ)
     return Config(
         parallel=ParallelConfig(tp=tp, pp=pp, micro_batch_size=MBS),
-        model=ModelConfig(
-            num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-            num_query_groups=2, vocab_size=128, max_seq_length=SEQ,
-        ),
+        model=ModelConfig(**{**fields, **model}),
     ).validate()
 
 
@@ -42,15 +41,21 @@ def _forward_step(data_iterator, model):
     return out, loss_func
 
 
+def run_schedule(model, data, forward_only: bool, forward_step=_forward_step) -> list[dict]:
+    """Megatron's schedule for this layout (1F1B under PP); the last stage's per-microbatch dicts."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(data), model=model,
+        num_microbatches=len(data), seq_length=SEQ, micro_batch_size=MBS, forward_only=forward_only,
+    )
+
+
 def _run_schedule(model, data, forward_only: bool) -> torch.Tensor:
     """Mean loss over microbatches, known on every rank (the last stage computes it)."""
     from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    out = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=iter(data), model=model,
-        num_microbatches=len(data), seq_length=SEQ, micro_batch_size=MBS, forward_only=forward_only,
-    )
+    out = run_schedule(model, data, forward_only)
     loss = torch.zeros(1)
     if ps.is_pipeline_last_stage():
         loss += torch.stack([o["loss"] for o in out]).mean()
@@ -58,25 +63,32 @@ def _run_schedule(model, data, forward_only: bool) -> torch.Tensor:
     return loss
 
 
-def train_step(tp: int, pp: int, num_microbatches: int = 4, save_dir: str | None = None) -> dict:
-    """One DDP + Adam step from a layout-invariant init: loss, full grads, full params after."""
+def ddp_model(cfg: Config) -> list:
+    """Layout-invariant tiny GPT chunks wrapped in Megatron DDP, wired into the schedules' config."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed import finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core import dist_checkpointing
 
     from megatron_bond.models.gpt import build_model
+
+    chunks = build_model(cfg)
+    init_layout_invariant(chunks, SEED)
+    config = chunks[0].config
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True)
+    model = [DistributedDataParallel(config, ddp_config, c) for c in chunks]
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model[0].no_sync
+    return model
+
+
+def train_step(tp: int, pp: int, num_microbatches: int = 4, save_dir: str | None = None) -> dict:
+    """One DDP + Adam step from a layout-invariant init: loss, full grads, full params after."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     cfg = tiny_config(tp, pp)
     init_distributed(cfg.parallel, seed=SEED)
     try:
-        chunks = build_model(cfg)
-        init_layout_invariant(chunks, SEED)
-        config = chunks[0].config
-        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True)
-        model = [DistributedDataParallel(config, ddp_config, c) for c in chunks]
-        config.finalize_model_grads_func = finalize_model_grads
-        config.no_sync_func = model[0].no_sync
+        model = ddp_model(cfg)
         optimizer = get_megatron_optimizer(
             OptimizerConfig(optimizer="adam", lr=LR, clip_grad=0.5, bf16=False, fp16=False),
             model,

@@ -1,0 +1,223 @@
+"""Vocab-parallel fused linear → log-prob heads that never hold more than a chunk of logits.
+
+Inputs on every tensor-parallel rank: hidden [T, H] (replicated), the rank's vocab shard of the output
+weight [V/TP, H] starting at row ``vocab_start`` of the full vocabulary, targets [T] (global ids).
+Across ranks only per-token statistics travel: the max, then (Σ exp, target logit, Σ exp·z) in one
+all-reduce per chunk of tokens.
+
+- ``token_logprobs``: log π(y_t) (and the entropy) for scoring; differentiable, recomputing each
+  chunk's logits in backward.
+- ``weighted_logprob_loss``: Σ_t w_t · log π(y_t) for training, where w_t are stop-gradient weights
+  known before the pass (every BOND term has this form, docs/bond.md). The gradients for hidden and
+  weight are formed chunk by chunk during forward and only scaled in backward: forward + backward is
+  the three matmuls of the output layer and nothing more.
+
+Logit transform, in order: Gemma 2 final softcap c·tanh(z/c), then 1/temperature, then −inf on padded
+vocab rows (global id ≥ ``vocab_size``). ``backend="triton"`` runs the per-chunk elementwise work in
+Triton kernels (ops/triton_kernels.py); matmuls stay with cuBLAS / torch either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    vocab_start: int = 0
+    vocab_size: int | None = None  # real vocabulary; None: every row of the weight is real
+    softcap: float | None = None
+    temperature: float = 1.0
+    chunk_size: int = 1024  # tokens per chunk: the logits buffer is chunk_size x V/TP fp32
+    group: dist.ProcessGroup | None = None  # tensor-parallel group; None: the full vocab is here
+    backend: str = "torch"
+
+    def valid_rows(self, rows: int) -> int:
+        """Rows of this shard that are real vocabulary (the rest is padding)."""
+        if self.vocab_size is None:
+            return rows
+        return max(0, min(rows, self.vocab_size - self.vocab_start))
+
+
+def _all_reduce(t: Tensor, spec: HeadSpec, op=dist.ReduceOp.SUM) -> Tensor:
+    if spec.group is not None and dist.get_world_size(spec.group) > 1:
+        dist.all_reduce(t, op=op, group=spec.group)
+    return t
+
+
+def _local_targets(targets: Tensor, rows: int, spec: HeadSpec) -> tuple[Tensor, Tensor]:
+    local = targets - spec.vocab_start
+    here = (local >= 0) & (local < rows)
+    return local.clamp(0, rows - 1), here
+
+
+def _chunk_logits(h: Tensor, weight: Tensor, spec: HeadSpec, out: Tensor) -> Tensor | None:
+    """Fill ``out`` [Tc, V/TP] (fp32) with transformed logits; return d(z)/d(raw logit) for softcap."""
+    if h.dtype == torch.float32:
+        torch.matmul(h, weight.T, out=out)
+    else:
+        out.copy_(h @ weight.T)  # low-precision matmul (fp32 accumulation on GPU), kept in fp32
+    dcap = None
+    if spec.softcap:
+        out.div_(spec.softcap).tanh_()
+        dcap = 1.0 - out * out  # derivative of c·tanh(x/c), before the scale is applied
+        out.mul_(spec.softcap)
+    if spec.temperature != 1.0:
+        out.div_(spec.temperature)
+    valid = spec.valid_rows(out.shape[1])
+    if valid < out.shape[1]:
+        out[:, valid:] = float("-inf")
+    return dcap
+
+
+def _local_stats(z: Tensor, local_t: Tensor, here: Tensor, spec: HeadSpec, entropy: bool):
+    """This shard's row max m, Σ exp(z − m), target logit (0 if elsewhere), Σ exp(z − m)·z."""
+    if spec.backend == "triton":
+        from megatron_bond.ops.triton_kernels import row_stats
+
+        return row_stats(z, local_t, here)
+    m = z.max(dim=1).values
+    e = torch.exp(z - m.unsqueeze(1))
+    target = torch.where(here, z.gather(1, local_t.unsqueeze(1)).squeeze(1), 0.0)
+    ez = (e * torch.where(e > 0, z, 0.0)).sum(1) if entropy else torch.zeros_like(m)
+    return m, e.sum(1), target, ez
+
+
+def _chunk_stats(z: Tensor, local_t: Tensor, here: Tensor, spec: HeadSpec, entropy: bool):
+    """Global log-normaliser, log π(y_t) and (optionally) entropy per token of the chunk.
+
+    Shards rescale their sums to the global max, then one all-reduce carries (Σ exp, target, Σ exp·z).
+    """
+    m_local, s_local, target, ez_local = _local_stats(z, local_t, here, spec, entropy)
+    m = _all_reduce(m_local.clone(), spec, dist.ReduceOp.MAX)
+    scale = torch.exp(m_local - m)
+    stats = _all_reduce(torch.stack([s_local * scale, target, ez_local * scale]), spec)
+    lse = m + stats[0].log()
+    ent = lse - stats[2] / stats[0] if entropy else None
+    return lse, stats[1] - lse, ent
+
+
+def _chunk_grad_(z: Tensor, dcap: Tensor | None, lse: Tensor, coef: Tensor, local_t: Tensor,
+                 here: Tensor, spec: HeadSpec) -> Tensor:
+    """Turn logits ``z`` in place into d(Σ coef_t log π(y_t))/d(raw logits) = coef·(onehot − p)·dz."""
+    if spec.backend == "triton":
+        from megatron_bond.ops.triton_kernels import logprob_grad_
+
+        logprob_grad_(z, lse, coef, local_t, here, spec.temperature, dcap)
+        return z
+    z.sub_(lse.unsqueeze(1)).exp_().mul_(-coef.unsqueeze(1))
+    rows = torch.arange(z.shape[0], device=z.device)
+    z[rows[here], local_t[here]] += coef[here]
+    if dcap is not None:
+        z.mul_(dcap)
+    if spec.temperature != 1.0:
+        z.div_(spec.temperature)
+    return z
+
+
+def _buffer(rows: int, spec_rows: int, device) -> Tensor:
+    return torch.empty(rows, spec_rows, dtype=torch.float32, device=device)
+
+
+def _check(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec) -> None:
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} must be [T, H] and [V, H]")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets {tuple(targets.shape)} must be [T] for hidden {tuple(hidden.shape)}")
+    if spec.chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+
+
+def _scores(hidden, weight, targets, spec: HeadSpec, entropy: bool):
+    """Chunked forward: (log π(y_t), log-normaliser, entropy or None), each [T] fp32."""
+    T, rows = hidden.shape[0], weight.shape[0]
+    logp = torch.empty(T, dtype=torch.float32, device=hidden.device)
+    lse = torch.empty_like(logp)
+    ent = torch.empty_like(logp) if entropy else None
+    buf = _buffer(min(spec.chunk_size, T), rows, hidden.device)
+    local_t, here = _local_targets(targets, rows, spec)
+    for s in range(0, T, spec.chunk_size):
+        e = min(s + spec.chunk_size, T)
+        z = buf[: e - s]
+        _chunk_logits(hidden[s:e], weight, spec, z)
+        lse[s:e], logp[s:e], chunk_ent = _chunk_stats(z, local_t[s:e], here[s:e], spec, entropy)
+        if entropy:
+            ent[s:e] = chunk_ent
+    return logp, lse, ent
+
+
+class TokenLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, spec: HeadSpec, entropy: bool):
+        logp, lse, ent = _scores(hidden, weight, targets, spec, entropy)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.spec = spec
+        if entropy:
+            ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_h, grad_w = _fused_grads(hidden, weight, targets, grad_logp.float(), ctx.spec, lse)
+        return grad_h, grad_w, None, None, None
+
+
+def _fused_grads(hidden, weight, targets, coef, spec: HeadSpec, lse_all=None, with_value=False):
+    """Chunked pass forming dΣ coef_t log π(y_t) / d(hidden, weight); optionally the value too."""
+    T, rows = hidden.shape[0], weight.shape[0]
+    grad_h = torch.empty_like(hidden)
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    value = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    buf = _buffer(min(spec.chunk_size, T), rows, hidden.device)
+    local_t, here = _local_targets(targets, rows, spec)
+    for s in range(0, T, spec.chunk_size):
+        e = min(s + spec.chunk_size, T)
+        z = buf[: e - s]
+        dcap = _chunk_logits(hidden[s:e], weight, spec, z)
+        if lse_all is None:
+            lse, logp, _ = _chunk_stats(z, local_t[s:e], here[s:e], spec, entropy=False)
+            value += (coef[s:e] * logp).sum()
+        else:
+            lse = lse_all[s:e]
+        g = _chunk_grad_(z, dcap, lse, coef[s:e], local_t[s:e], here[s:e], spec)
+        torch.matmul(g.to(hidden.dtype), weight, out=grad_h[s:e])
+        grad_w.addmm_(g.T, hidden[s:e].float())
+    _all_reduce(grad_h, spec)  # hidden is replicated over TP: its gradient is the sum of the shards'
+    grad_w = grad_w if weight.dtype == torch.float32 else grad_w.to(weight.dtype)
+    return (grad_h, grad_w, value) if with_value else (grad_h, grad_w)
+
+
+class WeightedLogProbLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, weights, spec: HeadSpec, needs_grad: bool):
+        coef = weights.detach().float()
+        if not needs_grad:
+            return (coef * _scores(hidden, weight, targets, spec, entropy=False)[0]).sum()
+        grad_h, grad_w, value = _fused_grads(hidden, weight, targets, coef, spec, with_value=True)
+        ctx.save_for_backward(grad_h, grad_w)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None, None, None, None
+
+
+def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec = HeadSpec(),
+                   entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """fp32 log π(y_t) [T] (and entropy [T], not differentiable, when asked)."""
+    _check(hidden, weight, targets, spec)
+    return TokenLogProbs.apply(hidden, weight, targets, spec, entropy)
+
+
+def weighted_logprob_loss(hidden: Tensor, weight: Tensor, targets: Tensor, weights: Tensor,
+                          spec: HeadSpec = HeadSpec()) -> Tensor:
+    """Σ_t w_t · log π(y_t) (fp32 scalar) with gradients formed during forward."""
+    _check(hidden, weight, targets, spec)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return WeightedLogProbLoss.apply(hidden, weight, targets, weights, spec, needs_grad)
