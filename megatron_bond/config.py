@@ -40,6 +40,10 @@ class ParallelConfig:
 
 @dataclass
 class ModelConfig:
+    """Architecture. ``family`` "gpt" is a plain GQA/SwiGLU GPT (tests); the Gemma families come from a
+    Hugging Face config.json through ``megatron_bond.models.hf_config``."""
+
+    family: Literal["gpt", "gemma", "gemma2", "gemma3"] = "gpt"
     num_layers: int = 2
     hidden_size: int = 64
     ffn_hidden_size: int = 128
@@ -52,6 +56,22 @@ class ModelConfig:
     max_seq_length: int = 128
     final_logit_softcap: Optional[float] = None  # Gemma 2: c·tanh(z/c) on the output logits
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    activation: Literal["silu", "gelu_tanh"] = "silu"  # of the gated MLP
+    norm_epsilon: float = 1e-5
+    zero_centered_norm: bool = False  # RMSNorm scales by (1 + w) (Gemma)
+    scale_embeddings: bool = False  # embeddings times sqrt(hidden_size), in the model dtype (Gemma)
+    rope_theta: float = 10000.0
+    rope_local_theta: Optional[float] = None  # sliding-window layers' RoPE base (Gemma 3)
+    rope_scaling_factor: Optional[float] = None  # linear position scaling on full-attention layers
+    sliding_window: Optional[int] = None
+    layer_types: Optional[list[str]] = None  # per layer: "sliding_attention" or "full_attention"
+    attn_logit_softcap: Optional[float] = None  # Gemma 2
+    query_pre_attn_scalar: Optional[float] = None  # softmax scale = this ** -0.5 (Gemma 2/3)
+    qk_norm: bool = False  # RMSNorm on queries and keys per head (Gemma 3)
+    post_norms: bool = False  # RMSNorm on the attention and MLP outputs before the residual (Gemma 2/3)
+    tie_embeddings: bool = True
+    reward_head: bool = False  # a scalar head on the last non-pad token (reward models)
+    pad_token_id: int = 0
 
     def padded_vocab_size(self) -> int:
         multiple = self.make_vocab_size_divisible_by
@@ -126,6 +146,16 @@ class Config:
             m.padded_vocab_size() % p.tp == 0,
             "model.make_vocab_size_divisible_by",
             f"the padded vocabulary ({m.padded_vocab_size()}) must split evenly over tp={p.tp}",
+        )
+        _require(
+            m.layer_types is None or len(m.layer_types) == m.num_layers,
+            "model.layer_types",
+            f"needs one entry per layer ({m.num_layers})",
+        )
+        _require(
+            not m.layer_types or set(m.layer_types) <= {"sliding_attention", "full_attention"},
+            "model.layer_types",
+            "entries must be 'sliding_attention' or 'full_attention'",
         )
         stages = p.pp * (p.vpp or 1)
         _require(

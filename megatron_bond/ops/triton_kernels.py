@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG_BIG = -1.0e30
+NEG_BIG = tl.constexpr(-1.0e30)  # a kernel may only read constexpr globals
 
 
 @triton.jit

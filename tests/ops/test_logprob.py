@@ -115,3 +115,11 @@ def test_bad_shapes_are_refused():
         token_logprobs(h, w, y[:-1])
     with pytest.raises(ValueError, match="must be \\[T, H\\] and \\[V, H\\]"):
         token_logprobs(h, w[:, :-1], y)
+
+
+def test_training_head_refuses_a_second_backward():
+    h, w, y, weights = inputs()
+    loss = weighted_logprob_loss(h, w, y, weights)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="supports one backward pass"):
+        loss.backward()
