@@ -105,10 +105,8 @@ def heads_in_pipeline(tp: int, pp: int, softcap: float | None = None, num_microb
         seq = torch.cat([o["seq_logp"] for o in out]) if ps.is_pipeline_last_stage() else None
         seq = broadcast_from_last_stage(seq, (num_microbatches * MBS,))
         result = {"seq_logp": seq}
-        if tp == 1 and pp == 1:  # the head must equal Megatron's own output layer + log_softmax
+        if tp == 1 and pp == 1:  # the head must equal Megatron's output layer (softcapped) + log_softmax
             logits = model[0](data[0]["tokens"], _positions(), None)[..., :VOCAB].float()
-            if softcap:
-                logits = softcap * torch.tanh(logits / softcap)
             ref = torch.log_softmax(logits, -1).gather(-1, data[0]["labels"].unsqueeze(-1)).squeeze(-1)
             result["megatron_seq_logp"] = sequence_logprobs(ref, data[0]["mask"]).detach()
 
