@@ -7,6 +7,7 @@ import json
 import sys
 
 from megatron_bond.config import ConfigError, load_config
+from megatron_bond.runtime.distributed import DistributedSetupError
 
 
 def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -38,6 +39,15 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.scoring import score
+
+    n = score(args.ckpt, ParallelConfig(tp=args.tp, pp=args.pp), args.input, args.output, args.batch_size)
+    print(f"scored {n} sequences -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megatron-bond", description="BOND / J-BOND (Best-of-N Distillation) on megatron-core."
@@ -59,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="JSONL file for the per-step history")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("score", help="per-token log-probs (or rewards) of token sequences, any TP/PP")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (tools/convert_hf_to_megatron.py)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--input", required=True, help='JSONL lines {"tokens": [int, ...]}')
+    p.add_argument("--output", required=True, help='JSONL lines {"logprobs": [...]} or {"reward": x}')
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_score)
     return parser
 
 
@@ -66,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, DistributedSetupError) as err:
         print(f"megatron-bond: {err}", file=sys.stderr)
         return 2
 

@@ -80,9 +80,11 @@ def _scale_by_sqrt_hidden(module, inputs, output):
     return output * torch.tensor(output.shape[-1] ** 0.5, dtype=output.dtype)
 
 
-def build_model(cfg: Config) -> list[BondGPTModel]:
-    """One model chunk per virtual pipeline stage of this rank (one chunk without vpp)."""
+def build_model(cfg: Config, initialize: bool = True) -> list[BondGPTModel]:
+    """One model chunk per virtual pipeline stage of this rank (one chunk without vpp).
+    ``initialize=False`` skips random init (weights are about to be loaded)."""
     config = transformer_config(cfg)
+    config.perform_initialization = initialize
     m = cfg.model
     vpp = cfg.parallel.vpp or 1
     chunks = []

@@ -1,0 +1,1 @@
+"""HF <-> Megatron weight conversion (docs/conversion.md)."""

@@ -1,0 +1,95 @@
+"""HF <-> Megatron conversion through the family's mapping table (single process, TP=1, PP=1).
+
+HF -> Megatron streams one HF tensor at a time into the TP=1 model, then saves a distributed checkpoint
+that loads at any TP/PP. Megatron -> HF loads any checkpoint (whatever layout saved it) at TP=1 and
+streams the tensors out in 5 GiB safetensors shards. Either way the output appears only when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_bond.config import Config, ConfigError, ParallelConfig
+from megatron_bond.convert.gemma import rules_for
+from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, copy_side_files
+from megatron_bond.convert.mapping import expected_shapes, to_hf, to_megatron
+from megatron_bond.convert.staging import staged_output
+from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
+from megatron_bond.models.hf_config import model_config_from_hf, read_hf_config
+from megatron_bond.runtime import destroy_distributed, init_distributed
+
+# HF tensors that carry nothing the Megatron model lacks (tied output layer, RoPE caches).
+_IGNORED_HF = ("lm_head.weight", "rotary_emb.inv_freq")
+
+
+def _plan(reader: SafetensorsReader, cfg: Config):
+    """(megatron key, hf keys, kind) for every tensor, checked against the HF files before any work."""
+    m = cfg.model
+    plan = [(mk, hk, rule.kind) for rule in rules_for(m) for mk, hk in rule.expand(m.num_layers)]
+    have = reader.keys()
+    missing = sorted(k for _, hk, _ in plan for k in hk if k not in have)
+    if missing:
+        raise ConfigError(f"HF checkpoint lacks {len(missing)} tensors the {m.family} table needs, e.g. {missing[:3]}")
+    used = {k for _, hk, _ in plan for k in hk}
+    extra = sorted(k for k in have - used if not k.endswith(_IGNORED_HF))
+    if extra:
+        raise ConfigError(f"HF checkpoint has {len(extra)} tensors the {m.family} table does not map, e.g. {extra[:3]}")
+    return plan
+
+
+def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise ConfigError(f"{hf_dir} is not a directory")
+    cfg = Config(model=model_config_from_hf(read_hf_config(hf_dir))).validate()
+    reader = SafetensorsReader(hf_dir)
+    plan = _plan(reader, cfg)
+    with staged_output(out_dir, overwrite) as tmp:
+        init_distributed(ParallelConfig(), seed=cfg.run.seed)
+        try:
+            from megatron_bond.models.gpt import build_model
+
+            (model,) = build_model(cfg, initialize=False)
+            params = model.state_dict(keep_vars=True)
+            unset = set(k for k, v in params.items() if isinstance(v, torch.nn.Parameter))
+            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
+                if mk not in params:
+                    raise ConfigError(f"the Megatron model has no tensor {mk} (mapping table out of date?)")
+                shape = expected_shapes(kind, [reader.shape(k) for k in hk], cfg.model)
+                if shape != tuple(params[mk].shape):
+                    raise ConfigError(f"{hk[0]}: shape {shape} after mapping, Megatron expects {tuple(params[mk].shape)}")
+                with torch.no_grad():
+                    params[mk].copy_(to_megatron(kind, [reader.get(k) for k in hk], cfg.model))
+                unset.discard(mk)
+            unset = {k for k in unset if not k.startswith("output_layer.") or not cfg.model.tie_embeddings}
+            if unset:
+                raise ConfigError(f"no HF tensor maps to {sorted(unset)[:3]} (mapping table incomplete)")
+            save_model_checkpoint([model], cfg, tmp)
+        finally:
+            destroy_distributed()
+        copy_side_files(hf_dir, tmp / "hf")
+    return cfg
+
+
+def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
+    cfg = read_checkpoint_config(ckpt_dir, ParallelConfig())
+    if not (Path(ckpt_dir) / "hf" / "config.json").is_file():
+        raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint to export with")
+    with staged_output(out_dir, overwrite) as tmp:
+        init_distributed(cfg.parallel, seed=cfg.run.seed)
+        try:
+            (model,) = load_model_checkpoint(ckpt_dir, cfg)
+            params = model.state_dict()
+            writer = SafetensorsWriter(tmp)
+            plan = [(mk, hk, r.kind) for r in rules_for(cfg.model) for mk, hk in r.expand(cfg.model.num_layers)]
+            for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor"):
+                for name, tensor in zip(hk, to_hf(kind, params[mk], cfg.model)):
+                    writer.add(name, tensor.clone())
+            writer.close()
+        finally:
+            destroy_distributed()
+        copy_side_files(Path(ckpt_dir) / "hf", tmp)
+    return cfg

@@ -1,0 +1,56 @@
+"""Model checkpoints: a Megatron distributed checkpoint that loads at any TP/PP, with the run config
+and the Hugging Face config / tokenizer files beside it, so later commands need only the directory.
+
+    CKPT/megatron_bond.json   the Config (its parallel section is the saving layout; loaders override it)
+    CKPT/model/               megatron-core dist_checkpointing (resharded on load)
+    CKPT/hf/                  config.json and tokenizer files of the source model (for export, tokenizing)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing
+
+from megatron_bond.config import Config, ConfigError, ParallelConfig
+
+CONFIG_FILE = "megatron_bond.json"
+
+
+def _sharded(chunks) -> dict:
+    # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
+    return {f"chunk{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
+    """Collective over all ranks; rank 0 writes the config."""
+    ckpt_dir = Path(ckpt_dir)
+    (ckpt_dir / "model").mkdir(parents=True, exist_ok=True)
+    dist_checkpointing.save(_sharded(chunks), str(ckpt_dir / "model"))
+    if torch.distributed.get_rank() == 0:
+        (ckpt_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    torch.distributed.barrier()
+
+
+def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None = None) -> Config:
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{ckpt_dir}: not a megatron-bond checkpoint (no {CONFIG_FILE})")
+    cfg = Config.from_dict(json.loads(path.read_text()))
+    if parallel is not None:
+        cfg = dataclasses.replace(cfg, parallel=parallel)
+    return cfg.validate()
+
+
+def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
+    """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights."""
+    from megatron_bond.models.gpt import build_model
+
+    chunks = build_model(cfg, initialize=False)
+    state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state[f"chunk{i}"])
+    return chunks

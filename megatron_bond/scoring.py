@@ -1,0 +1,109 @@
+"""`megatron-bond score`: per-token log-probs (or rewards) of given token sequences at any TP/PP.
+
+Log-probs go through the fused vocab-parallel head (no [tokens, vocab] logits anywhere); rewards through
+the reward model's scalar head at each sequence's last token. Sequences are right-padded into batches
+(causal attention: padding after a sequence cannot change it), split over data-parallel ranks, and
+written by rank 0 in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from megatron_bond.config import Config, ConfigError, ParallelConfig
+from megatron_bond.models.heads import TokenLogProbHead, broadcast_from_last_stage
+
+
+def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                tokens = json.loads(line)["tokens"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{n}: expected a JSON object with a 'tokens' list") from None
+            if not tokens or not all(isinstance(t, int) and 0 <= t < cfg.model.vocab_size for t in tokens):
+                raise ConfigError(f"{path}:{n}: tokens must be a non-empty list of ids in [0, {cfg.model.vocab_size})")
+            if len(tokens) < 2 and not cfg.model.reward_head:
+                raise ConfigError(f"{path}:{n}: log-probs need at least 2 tokens (the first has no context)")
+            if len(tokens) > cfg.model.max_seq_length:
+                raise ConfigError(f"{path}:{n}: {len(tokens)} tokens exceed max_seq_length {cfg.model.max_seq_length}")
+            rows.append(tokens)
+    return rows
+
+
+def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
+    """One forward pass through Megatron's schedule; each row's result, on every rank."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    reward = cfg.model.reward_head
+    device = next(chunks[0].parameters()).device
+    width = max(len(r) for r in batch)
+    tokens = torch.full((len(batch), width), cfg.model.pad_token_id, dtype=torch.long)
+    for i, row in enumerate(batch):
+        tokens[i, : len(row)] = torch.tensor(row)
+    tokens = tokens.to(device)
+    inputs = tokens if reward else tokens[:, :-1]
+    seq = inputs.shape[1]
+    positions = torch.arange(seq, device=device).expand(len(batch), seq)
+
+    def step(_data, model):
+        head = None if reward else TokenLogProbHead(tokens[:, 1:])
+        out = model(inputs, positions, None, head=head)
+        return out, lambda o: (o.sum(), {"out": o.detach()})
+
+    out = get_forward_backward_func()(
+        forward_step_func=step, data_iterator=iter([None]), model=chunks, num_microbatches=1,
+        seq_length=seq, micro_batch_size=len(batch), forward_only=True,
+    )
+    values = out[0]["out"].float() if ps.is_pipeline_last_stage() else None
+    values = broadcast_from_last_stage(values, (len(batch), seq))
+    if reward:
+        return [values[i, len(r) - 1].item() for i, r in enumerate(batch)]
+    return [values[i, : len(r) - 1].tolist() for i, r in enumerate(batch)]
+
+
+def score_rows(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> list:
+    """Results for this data-parallel rank's share of ``rows`` (every ``dp``-th row), in order."""
+    from megatron.core import parallel_state as ps
+
+    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    mine = list(range(rank, len(rows), dp))
+    results = {}
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            idx = mine[start : start + batch_size]
+            for i, value in zip(idx, _forward(chunks, cfg, [rows[i] for i in idx])):
+                results[i] = value
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, results)
+    merged = {k: v for part in gathered for k, v in part.items()}
+    return [merged[i] for i in range(len(rows))]
+
+
+def score(ckpt: str, parallel: ParallelConfig, input_path: str, output_path: str, batch_size: int = 8) -> int:
+    from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
+    from megatron_bond.runtime import destroy_distributed, init_distributed
+
+    cfg = read_checkpoint_config(ckpt, parallel)
+    rows = read_token_rows(input_path, cfg)
+    init_distributed(cfg.parallel, seed=cfg.run.seed)
+    try:
+        chunks = load_model_checkpoint(ckpt, cfg)
+        for chunk in chunks:
+            chunk.eval()
+        results = score_rows(chunks, cfg, rows, batch_size)
+        if torch.distributed.get_rank() == 0:
+            key = "reward" if cfg.model.reward_head else "logprobs"
+            with open(output_path, "w") as f:
+                for value in results:
+                    f.write(json.dumps({key: value}) + "\n")
+    finally:
+        destroy_distributed()
+    return len(rows)
