@@ -35,3 +35,22 @@ def _wait_for(path: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(path)
         time.sleep(0.05)
+
+
+def resave_at_layout(ckpt: str, tp: int, pp: int, out: str) -> None:
+    """Load a checkpoint at this layout and save it again, as training at that layout would."""
+    import shutil
+
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
+    from megatron_bond.runtime import destroy_distributed, init_distributed
+
+    cfg = read_checkpoint_config(ckpt, ParallelConfig(tp=tp, pp=pp))
+    init_distributed(cfg.parallel, seed=cfg.run.seed)
+    try:
+        chunks = load_model_checkpoint(ckpt, cfg)
+        save_model_checkpoint(chunks, cfg, out)
+        if os.environ["RANK"] == "0":
+            shutil.copytree(f"{ckpt}/hf", f"{out}/hf")
+    finally:
+        destroy_distributed()

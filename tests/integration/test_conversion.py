@@ -1,0 +1,79 @@
+"""Round trips and refusals of tools/convert_hf_to_megatron.py and tools/convert_megatron_to_hf.py."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.harness import run_ranks
+from tests.integration.conftest import convert, export
+from tests.integration.hf_models import build_hf_model
+
+
+def assert_same_weights(a_dir, b_dir):
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("variant", ["gemma_mqa", "gemma2_gqa", "gemma3_gqa", "gemma2_reward"])
+def test_round_trip_is_bit_exact_and_loads_in_transformers(converted, tmp_path, variant):
+    import transformers
+
+    root, model, _, _ = converted(variant)
+    done = export(root / "ckpt", tmp_path / "back")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_weights(root / "hf", tmp_path / "back")
+    loaded = getattr(transformers, type(model).__name__).from_pretrained(tmp_path / "back").eval()
+    tokens = torch.tensor([[5, 9, 200, 3, 77]])
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+
+
+@pytest.mark.distributed
+def test_tp2_training_layout_checkpoint_exports(converted, tmp_path):
+    root, _, _, _ = converted("gemma3_gqa")
+    run_ranks("tests.integration.bodies:resave_at_layout", 2,
+              {"ckpt": str(root / "ckpt"), "tp": 2, "pp": 1, "out": str(tmp_path / "tp2")})
+    saved = json.loads((tmp_path / "tp2" / "megatron_bond.json").read_text())
+    assert saved["parallel"]["tp"] == 2
+    done = export(tmp_path / "tp2", tmp_path / "back")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_weights(root / "hf", tmp_path / "back")
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name]
+
+
+def test_refusals_are_one_line_and_leave_nothing(tmp_path):
+    build_hf_model("gemma_mqa", tmp_path / "hf")
+    cases = []
+    (tmp_path / "empty").mkdir()
+    cases.append(((tmp_path / "empty", tmp_path / "o1"), "no config.json"))
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    cases.append(((tmp_path / "llama", tmp_path / "o2"), "model_type 'llama' is not supported"))
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text(json.dumps(cfg))
+    cases.append(((tmp_path / "noweights", tmp_path / "o3"), "no model.safetensors"))
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
+    (tmp_path / "wrong" / "model.safetensors").symlink_to(tmp_path / "hf" / "model.safetensors")
+    cases.append(((tmp_path / "wrong", tmp_path / "o4"), "Megatron expects"))
+    (tmp_path / "exists").mkdir()
+    cases.append(((tmp_path / "hf", tmp_path / "exists"), "already exists: pass --overwrite"))
+    for (src, dst), message in cases:
+        done = convert(src, dst)
+        assert done.returncode == 2, (message, done.stderr[-2000:])
+        last = done.stderr.strip().splitlines()[-1]
+        assert message in last, (message, last)
+        assert not (dst.exists() and dst.name != "exists")
+        assert _leftovers(tmp_path) == []
+    assert list((tmp_path / "exists").iterdir()) == []
+    assert convert(tmp_path / "hf", tmp_path / "exists", "--overwrite").returncode == 0
+    done = export(tmp_path / "hf", tmp_path / "o5")
+    assert done.returncode == 2 and "not a megatron-bond checkpoint" in done.stderr
