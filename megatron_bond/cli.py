@@ -48,6 +48,14 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from megatron_bond.rollout.cli_io import generate_file
+
+    n = generate_file(args)
+    print(f"generated for {n} prompts -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megatron-bond", description="BOND / J-BOND (Best-of-N Distillation) on megatron-core."
@@ -78,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help='JSONL lines {"logprobs": [...]} or {"reward": x}')
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("generate", help="sample continuations of prompts (KV cache, any TP/PP)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--input", required=True, help='JSONL lines {"tokens": [...]} or {"text": "..."}')
+    p.add_argument("--output", required=True, help='JSONL lines {"prompt_tokens", "tokens", "logprobs"[, "text"]}')
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--stop-id", type=int, action="append", help="stop token id (repeatable); default: eos")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_generate)
     return parser
 
 

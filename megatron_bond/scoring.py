@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.models.heads import TokenLogProbHead, broadcast_from_last_stage
+from megatron_bond.models.heads import TokenLogProbHead
+from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
 
 def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
@@ -39,9 +40,6 @@ def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
 
 def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
     """One forward pass through Megatron's schedule; each row's result, on every rank."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     reward = cfg.model.reward_head
     device = next(chunks[0].parameters()).device
     width = max(len(r) for r in batch)
@@ -53,38 +51,20 @@ def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
     seq = inputs.shape[1]
     positions = torch.arange(seq, device=device).expand(len(batch), seq)
 
-    def step(_data, model):
-        head = None if reward else TokenLogProbHead(tokens[:, 1:])
-        out = model(inputs, positions, None, head=head)
-        return out, lambda o: (o.sum(), {"out": o.detach()})
-
-    out = get_forward_backward_func()(
-        forward_step_func=step, data_iterator=iter([None]), model=chunks, num_microbatches=1,
-        seq_length=seq, micro_batch_size=len(batch), forward_only=True,
-    )
-    values = out[0]["out"].float() if ps.is_pipeline_last_stage() else None
-    values = broadcast_from_last_stage(values, (len(batch), seq))
+    head = None if reward else TokenLogProbHead(tokens[:, 1:])
+    values = forward_once(chunks, lambda model: model(inputs, positions, None, head=head), seq, len(batch))
+    values = broadcast_from_last_stage(None if values is None else values.float(), (len(batch), seq))
     if reward:
         return [values[i, len(r) - 1].item() for i, r in enumerate(batch)]
     return [values[i, : len(r) - 1].tolist() for i, r in enumerate(batch)]
 
 
 def score_rows(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> list:
-    """Results for this data-parallel rank's share of ``rows`` (every ``dp``-th row), in order."""
-    from megatron.core import parallel_state as ps
+    """Every row's log-probs (or reward), on every rank; rows are spread over data-parallel replicas."""
+    from megatron_bond.runtime.data_parallel import map_over_data_parallel
 
-    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    mine = list(range(rank, len(rows), dp))
-    results = {}
     with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            idx = mine[start : start + batch_size]
-            for i, value in zip(idx, _forward(chunks, cfg, [rows[i] for i in idx])):
-                results[i] = value
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, results)
-    merged = {k: v for part in gathered for k, v in part.items()}
-    return [merged[i] for i in range(len(rows))]
+        return map_over_data_parallel(rows, lambda batch: _forward(chunks, cfg, batch), batch_size)
 
 
 def score(ckpt: str, parallel: ParallelConfig, input_path: str, output_path: str, batch_size: int = 8) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from megatron_bond.ops import HeadSpec, token_logprobs, weighted_logprob_loss
@@ -50,17 +49,3 @@ class WeightedLossHead:
 def sequence_logprobs(token_logp: Tensor, response_mask: Tensor) -> Tensor:
     """Σ over response tokens: [b, s] x [b, s] -> [b]."""
     return (token_logp * response_mask.to(token_logp.dtype)).sum(-1)
-
-
-def broadcast_from_last_stage(tensor: Tensor | None, shape, dtype=torch.float32) -> Tensor:
-    """Give every pipeline rank the last stage's result (other stages pass None)."""
-    from megatron.core import parallel_state as ps
-
-    if ps.get_pipeline_model_parallel_world_size() == 1:
-        return tensor
-    if not ps.is_pipeline_last_stage():
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-    torch.distributed.broadcast(tensor, src=ps.get_pipeline_model_parallel_last_rank(),
-                                group=ps.get_pipeline_model_parallel_group())
-    return tensor

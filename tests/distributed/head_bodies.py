@@ -5,14 +5,10 @@ from __future__ import annotations
 import torch
 
 from megatron_bond.config import ParallelConfig
-from megatron_bond.models.heads import (
-    TokenLogProbHead,
-    WeightedLossHead,
-    broadcast_from_last_stage,
-    sequence_logprobs,
-)
+from megatron_bond.models.heads import TokenLogProbHead, WeightedLossHead, sequence_logprobs
 from megatron_bond.models.layout import gather_full, params_as_grads
 from megatron_bond.runtime import destroy_distributed, init_distributed
+from megatron_bond.runtime.pipeline import broadcast_from_last_stage
 from tests.distributed.bodies import MBS, SEED, SEQ, ddp_model, run_schedule, tiny_config
 
 VOCAB, PAD_TO = 120, 8  # padded to 128: at TP=2 the second shard ends in 8 padding rows

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 
 
+def cli(argv: list[str]) -> int:
+    from megatron_bond.cli import main
+
+    return main(argv)
+
+
 def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: str) -> list:
     """Run `megatron-bond score` (the CLI entry) on these ranks; rank 0 returns the parsed output."""
     import json
@@ -41,16 +47,55 @@ def resave_at_layout(ckpt: str, tp: int, pp: int, out: str) -> None:
     """Load a checkpoint at this layout and save it again, as training at that layout would."""
     import shutil
 
-    from megatron_bond.config import ParallelConfig
-    from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
-    from megatron_bond.runtime import destroy_distributed, init_distributed
+    from megatron_bond.models.checkpoint import save_model_checkpoint
 
-    cfg = read_checkpoint_config(ckpt, ParallelConfig(tp=tp, pp=pp))
-    init_distributed(cfg.parallel, seed=cfg.run.seed)
-    try:
-        chunks = load_model_checkpoint(ckpt, cfg)
+    def work(chunks, cfg):
         save_model_checkpoint(chunks, cfg, out)
         if os.environ["RANK"] == "0":
             shutil.copytree(f"{ckpt}/hf", f"{out}/hf")
+
+    _at_layout(tp, pp, [ckpt], work)
+
+
+def _at_layout(tp: int, pp: int, ckpts: list[str], work) -> list:
+    """Initialise the layout once, then ``work(chunks, cfg)`` for each checkpoint."""
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
+    from megatron_bond.runtime import destroy_distributed, init_distributed
+
+    parallel = ParallelConfig(tp=tp, pp=pp)
+    init_distributed(parallel, seed=0)
+    try:
+        out = []
+        for ckpt in ckpts:
+            cfg = read_checkpoint_config(ckpt, parallel)
+            out.append(work(load_model_checkpoint(ckpt, cfg), cfg))
+        return out
     finally:
         destroy_distributed()
+
+
+def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]]) -> list:
+    from megatron_bond.scoring import score_rows
+
+    return _at_layout(tp, pp, ckpts, lambda chunks, cfg: score_rows(chunks, cfg, rows, batch_size=3))
+
+
+def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], max_new_tokens: int,
+                  sampling: dict, seed: int = 0, stop_ids: tuple = (), repeat: bool = False) -> list[dict]:
+    """Rollouts of each checkpoint at this layout, plus `score`'s log-probs of the same tokens."""
+    from megatron_bond.rollout.generate import generate
+    from megatron_bond.rollout.sampling import SamplingParams
+    from megatron_bond.scoring import score_rows
+
+    def work(chunks, cfg):
+        params = SamplingParams(**sampling)
+        out = generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids)
+        again = generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids) if repeat else None
+        full = [p + r for p, r in zip(out.prompts, out.responses)]
+        scored = score_rows(chunks, cfg, full, batch_size=4)
+        return {"responses": out.responses, "logprobs": out.logprobs,
+                "again": again.responses if again else None,
+                "scored": [s[len(p) - 1:] for s, p in zip(scored, out.prompts)]}
+
+    return _at_layout(tp, pp, ckpts, work)

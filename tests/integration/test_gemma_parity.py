@@ -3,7 +3,8 @@
 Tiny random HF models (MQA, MHA, GQA; Gemma 2 softcaps and sliding windows; Gemma 3 q/k norms, local
 RoPE base and linear RoPE scaling; a Gemma 2 reward model), vocab 250 (padded to 256, split unevenly at
 TP=2), sequences of 2, 5, 17 and 30 tokens (beyond the sliding window of 6), fp32. Converted with the
-real tool, scored with the real `megatron-bond score` on gloo ranks.
+real tool; each layout scores every variant in one launch of gloo ranks, and `megatron-bond score`
+itself runs once at TP=2.
 """
 
 import pytest
@@ -13,24 +14,52 @@ from tests.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
 
+VARIANTS = ["gemma_mqa", "gemma_mha", "gemma2_gqa", "gemma3_gqa", "gemma2_reward"]
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
-CASES = [(v, layout) for v in ("gemma_mqa", "gemma2_gqa", "gemma3_gqa", "gemma2_reward") for layout in LAYOUTS]
-CASES += [("gemma_mha", (1, 1)), ("gemma_mha", (2, 1))]
 TOL = 1e-4
 
 
-@pytest.mark.parametrize("variant, layout", CASES, ids=[f"{v}-tp{t}pp{p}" for v, (t, p) in CASES])
-def test_score_matches_transformers(converted, variant, layout):
-    root, _, rows, ref = converted(variant)
-    tp, pp = layout
-    out = run_ranks("tests.integration.bodies:score_checkpoint", tp * pp,
-                    {"ckpt": str(root / "ckpt"), "tp": tp, "pp": pp, "rows": rows,
-                     "out": str(root / f"out-{tp}-{pp}.jsonl")}, timeout=240)[0]
-    assert len(out) == len(rows)
+@pytest.fixture(scope="module")
+def scored(converted):
+    cache = {}
+
+    def get(layout):
+        if layout not in cache:
+            tp, pp = layout
+            items = [converted(v) for v in VARIANTS]
+            rows = items[0][2]
+            assert all(item[2] == rows for item in items)
+            out = run_ranks("tests.integration.bodies:score_many", tp * pp,
+                            {"ckpts": [str(item[0] / "ckpt") for item in items], "tp": tp, "pp": pp,
+                             "rows": rows}, timeout=300)[0]
+            cache[layout] = dict(zip(VARIANTS, out))
+        return cache[layout]
+
+    return get
+
+
+def max_error(variant, got, ref):
     if variant.endswith("reward"):
-        err = max(abs(o["reward"] - r) for o, r in zip(out, ref))
-    else:
-        assert [len(o["logprobs"]) for o in out] == [len(r) - 1 for r in rows]
-        err = max((torch.tensor(o["logprobs"]) - r).abs().max().item() for o, r in zip(out, ref))
-    print(f"{variant} tp={tp} pp={pp}: max |Δ| = {err:.2e}")
+        return max(abs(g - r) for g, r in zip(got, ref))
+    return max((torch.tensor(g) - r).abs().max().item() for g, r in zip(got, ref))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=[f"tp{t}pp{p}" for t, p in LAYOUTS])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_score_matches_transformers(converted, scored, variant, layout):
+    _, _, rows, ref = converted(variant)
+    got = scored(layout)[variant]
+    if not variant.endswith("reward"):
+        assert [len(g) for g in got] == [len(r) - 1 for r in rows]
+    err = max_error(variant, got, ref)
+    print(f"{variant} tp={layout[0]} pp={layout[1]}: max |Δ| = {err:.2e}")
     assert err < TOL
+
+
+@pytest.mark.parametrize("variant", ["gemma2_gqa", "gemma2_reward"])
+def test_score_command_at_tp2(converted, tmp_path, variant):
+    root, _, rows, ref = converted(variant)
+    out = run_ranks("tests.integration.bodies:score_checkpoint", 2,
+                    {"ckpt": str(root / "ckpt"), "tp": 2, "pp": 1, "rows": rows, "out": str(tmp_path / "o.jsonl")})[0]
+    key = "reward" if variant.endswith("reward") else "logprobs"
+    assert max_error(variant, [o[key] for o in out], ref) < TOL

@@ -1,0 +1,91 @@
+"""Batched generation from a Megatron model (policy, anchor, any converted checkpoint) under TP and PP,
+with megatron-core's static KV cache.
+
+Prompts of different lengths share a batch the way Megatron's static engine does it: every row's
+tokens sit at their true positions (no padding inside a sequence, so RoPE and the causal mask need no
+per-row offsets); the cache is filled up to the shortest prompt in one pass, then one position per
+step, where rows still inside their prompt take the prompt's token instead of a sample. Rows stop at a
+stop id or after ``max_new_tokens``. Prompts longer than the model's context are refused.
+The last pipeline stage samples (identically on its TP ranks: same logits, same seeded generator) and
+broadcasts the tokens to the other stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_bond.config import Config, ConfigError
+from megatron_bond.rollout.sampling import SamplingParams, sample
+from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
+
+
+@dataclass
+class Rollout:
+    prompts: list[list[int]]
+    responses: list[list[int]]  # generated tokens, the stop token included when one was sampled
+    logprobs: list[list[float]]  # the sampler's log-prob of each response token (see sampling.py)
+
+
+def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
+             seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ConfigError("every prompt needs at least one token")
+    device = next(chunks[0].parameters()).device
+    b = len(prompts)
+    plen = torch.tensor([len(p) for p in prompts], device=device)
+    total = int(plen.max()) + max_new_tokens
+    if total > cfg.model.max_seq_length:
+        raise ConfigError(f"prompt ({int(plen.max())}) + max_new_tokens ({max_new_tokens}) exceed the "
+                          f"model's max_seq_length ({cfg.model.max_seq_length})")
+    buf = torch.full((b, total), cfg.model.pad_token_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        buf[i, : len(p)] = torch.tensor(p, device=device)
+    logp_buf = torch.zeros(b, total, device=device)
+    stops = torch.tensor(sorted(stop_ids) or [-1], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    context = StaticInferenceContext(b, total)
+
+    def logits_at(start: int, end: int):
+        positions = torch.arange(start, end, device=device).expand(b, end - start)
+        out = forward_once(
+            chunks,
+            lambda model: model(buf[:, start:end], positions, None, inference_context=context,
+                                runtime_gather_output=True),
+            end - start, b,
+        )
+        context.sequence_len_offset += end - start
+        return None if out is None else out[:, -1, : cfg.model.vocab_size]
+
+    for chunk in chunks:
+        chunk.eval()
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    produced = torch.zeros(b, dtype=torch.long, device=device)
+    with torch.no_grad():
+        logits = logits_at(0, int(plen.min()))
+        for t in range(int(plen.min()), total):
+            picked = None
+            if logits is not None:
+                tok, lp = sample(logits, params, gen)
+                picked = torch.stack([tok.float(), lp])
+            tok, lp = broadcast_from_last_stage(picked, (2, b))
+            tok = tok.long()
+            in_prompt = t < plen
+            active = ~done & ~in_prompt
+            buf[:, t] = torch.where(in_prompt, buf[:, t], torch.where(active, tok, cfg.model.pad_token_id))
+            logp_buf[:, t] = torch.where(active, lp, 0.0)
+            produced += active.long()
+            done |= active & (torch.isin(tok, stops) | (produced >= max_new_tokens))
+            if bool(done.all()) or t == total - 1:
+                break
+            logits = logits_at(t, t + 1)
+    n = produced.tolist()
+    lengths = plen.tolist()
+    return Rollout(
+        prompts=[list(p) for p in prompts],
+        responses=[buf[i, lengths[i] : lengths[i] + n[i]].tolist() for i in range(b)],
+        logprobs=[logp_buf[i, lengths[i] : lengths[i] + n[i]].tolist() for i in range(b)],
+    )

@@ -1,0 +1,65 @@
+"""The sampler draws from softmax(logits / T) restricted to the top-k and top-p sets (chi-square)."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_bond.config import ConfigError
+from megatron_bond.rollout.sampling import SamplingParams, filtered_logits, sample
+
+
+def chi_square_critical(dof: int, alpha: float = 1e-3) -> float:
+    """Wilson–Hilferty approximation of the chi-square quantile (z = 3.09 for alpha = 1e-3)."""
+    z = {1e-3: 3.090}[alpha]
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7, top_k=8),
+    SamplingParams(temperature=1.3, top_p=0.8),
+    SamplingParams(temperature=0.9, top_k=10, top_p=0.9),
+], ids=["plain", "top_k", "top_p", "both"])
+def test_empirical_distribution_passes_chi_square(params):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, generator=gen) * 2
+    draws = 40000
+    tokens, logp = sample(logits.expand(draws, 20), params, torch.Generator().manual_seed(1))
+    expected = torch.softmax(filtered_logits(logits.unsqueeze(0), params), -1).squeeze(0).double()
+    counts = torch.bincount(tokens, minlength=20).double()
+    support = expected > 0
+    assert counts[~support].sum() == 0, "a filtered-out token was drawn"
+    if params.top_k:
+        assert support.sum() <= params.top_k
+    exp_counts = expected[support] * draws
+    stat = ((counts[support] - exp_counts) ** 2 / exp_counts).sum().item()
+    assert stat < chi_square_critical(int(support.sum()) - 1), stat
+    # The reported log-prob is the unfiltered log softmax(logits / T) of the drawn token.
+    torch.testing.assert_close(logp, torch.log_softmax(logits / params.temperature, -1)[tokens])
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filtered_logits(logits, SamplingParams(top_p=0.8)).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = filtered_logits(logits, SamplingParams(top_p=0.81)).isfinite()
+    assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_greedy_and_seeded_reproducibility():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    tokens, _ = sample(logits, SamplingParams(greedy=True), None)
+    assert torch.equal(tokens, logits.argmax(-1))
+    a, _ = sample(logits, SamplingParams(), torch.Generator().manual_seed(5))
+    b, _ = sample(logits, SamplingParams(), torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0.0}, "temperature must be > 0"), ({"top_p": 0.0}, "top_p must lie in"),
+    ({"top_k": -1}, "top_k must be >= 0"),
+])
+def test_bad_sampling_parameters(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SamplingParams(**kwargs)
