@@ -64,7 +64,7 @@ def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int,
         chunk.eval()
     done = torch.zeros(b, dtype=torch.bool, device=device)
     produced = torch.zeros(b, dtype=torch.long, device=device)
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = logits_at(0, int(plen.min()))
         for t in range(int(plen.min()), total):
             picked = None
