@@ -1,6 +1,6 @@
 """BOND / J-BOND mathematics: pure torch, no Megatron, no torch.distributed (docs/bond.md)."""
 
-from megatron_bond.bond.best_of_n import (
+from .best_of_n import (
     bon_expected_quantile,
     bon_kl_upper_bound,
     bon_probs,
@@ -10,7 +10,7 @@ from megatron_bond.bond.best_of_n import (
     log_quantile_reward,
     quantiles,
 )
-from megatron_bond.bond.losses import (
+from .losses import (
     backward_kl_loss,
     ema_update_,
     forward_kl_loss,

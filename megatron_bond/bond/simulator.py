@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from megatron_bond.bond.best_of_n import bon_probs, exact_quantiles, kl
-from megatron_bond.bond.losses import (
+from .best_of_n import bon_probs, exact_quantiles, kl
+from .losses import (
     backward_kl_loss,
     ema_update_,
     forward_kl_loss,
