@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-VOCAB = 250  # not a multiple of 128: the Megatron vocabulary is padded, and split unevenly at TP=2
+VOCAB = 251  # odd, so not divisible by TP=2: Megatron pads it to 256 and the second shard ends in padding
 
 VARIANTS = {
     # name: (model class name, config class name, overrides)

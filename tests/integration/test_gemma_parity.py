@@ -1,7 +1,7 @@
 """Converted Gemma checkpoints score exactly like transformers at every TP/PP layout.
 
 Tiny random HF models (MQA, MHA, GQA; Gemma 2 softcaps and sliding windows; Gemma 3 q/k norms, local
-RoPE base and linear RoPE scaling; a Gemma 2 reward model), vocab 250 (padded to 256, split unevenly at
+RoPE base and linear RoPE scaling; a Gemma 2 reward model), vocab 251 (padded to 256, split unevenly at
 TP=2), sequences of 2, 5, 17 and 30 tokens (beyond the sliding window of 6), fp32. Converted with the
 real tool; each layout scores every variant in one launch of gloo ranks, and `megatron-bond score`
 itself runs once at TP=2.
