@@ -14,27 +14,24 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
+from megatron_bond.jsonl import read_objects
 from megatron_bond.models.heads import TokenLogProbHead
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
 
 def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                tokens = json.loads(line)["tokens"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{n}: expected a JSON object with a 'tokens' list") from None
-            if not tokens or not all(isinstance(t, int) and 0 <= t < cfg.model.vocab_size for t in tokens):
-                raise ConfigError(f"{path}:{n}: tokens must be a non-empty list of ids in [0, {cfg.model.vocab_size})")
-            if len(tokens) < 2 and not cfg.model.reward_head:
-                raise ConfigError(f"{path}:{n}: log-probs need at least 2 tokens (the first has no context)")
-            if len(tokens) > cfg.model.max_seq_length:
-                raise ConfigError(f"{path}:{n}: {len(tokens)} tokens exceed max_seq_length {cfg.model.max_seq_length}")
-            rows.append(tokens)
+    for where, row in read_objects(path):
+        tokens = row.get("tokens")
+        if not isinstance(tokens, list):
+            raise ConfigError(f"{where}: expected a JSON object with a 'tokens' list")
+        if not tokens or not all(isinstance(t, int) and 0 <= t < cfg.model.vocab_size for t in tokens):
+            raise ConfigError(f"{where}: tokens must be a non-empty list of ids in [0, {cfg.model.vocab_size})")
+        if len(tokens) < 2 and not cfg.model.reward_head:
+            raise ConfigError(f"{where}: log-probs need at least 2 tokens (the first has no context)")
+        if len(tokens) > cfg.model.max_seq_length:
+            raise ConfigError(f"{where}: {len(tokens)} tokens exceed max_seq_length {cfg.model.max_seq_length}")
+        rows.append(tokens)
     return rows
 
 

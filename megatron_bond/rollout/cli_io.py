@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import ConfigError, ParallelConfig
+from megatron_bond.jsonl import read_objects
 from megatron_bond.rollout.sampling import SamplingParams
 
 
@@ -24,22 +25,15 @@ def load_tokenizer(ckpt: str | Path):
 
 def read_prompts(path: str | Path, tokenizer, bos_id: int | None) -> list[list[int]]:
     prompts = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{path}:{n}: not JSON") from None
-            if isinstance(row.get("tokens"), list) and row["tokens"]:
-                prompts.append([int(t) for t in row["tokens"]])
-            elif isinstance(row.get("text"), str):
-                if tokenizer is None:
-                    raise ConfigError(f"{path}:{n}: a text prompt needs hf/tokenizer.model in the checkpoint")
-                prompts.append(([bos_id] if bos_id is not None else []) + tokenizer.encode(row["text"]))
-            else:
-                raise ConfigError(f"{path}:{n}: expected a non-empty 'tokens' list or a 'text' string")
+    for where, row in read_objects(path):
+        if isinstance(row.get("tokens"), list) and row["tokens"]:
+            prompts.append([int(t) for t in row["tokens"]])
+        elif isinstance(row.get("text"), str):
+            if tokenizer is None:
+                raise ConfigError(f"{where}: a text prompt needs hf/tokenizer.model in the checkpoint")
+            prompts.append(([bos_id] if bos_id is not None else []) + tokenizer.encode(row["text"]))
+        else:
+            raise ConfigError(f"{where}: expected a non-empty 'tokens' list or a 'text' string")
     return prompts
 
 

@@ -2,7 +2,6 @@
 every layout, from one layout-invariant initialisation."""
 
 import pytest
-import torch
 
 from tests.distributed.bodies import LR
 from tests.harness import run_ranks
