@@ -3,8 +3,11 @@
     python benchmarks/generate.py --batch 16 --prompt-len 64 --new-tokens 128 --json
 
 Builds a small random Gemma 2 model in transformers (no download), converts it with the real converter,
-then times greedy generation of exactly --new-tokens tokens per row in both (no stop ids), median of
---repeats. One JSON line: tokens/s of each and their ratio (ours / transformers).
+then times greedy generation of exactly --new-tokens tokens per row (no stop ids), median of --repeats
+alternating between the runs: this sampler (tokens and their log-probs), transformers' generate (tokens
+only: the headline ratio), and generate asked for logits with the log-probs taken from them (the same
+output as ours). One JSON line: times, tokens/s, both ratios (> 1: ours is faster), and the fraction of
+rows whose greedy continuation equals transformers'.
 """
 
 from __future__ import annotations
@@ -37,14 +40,18 @@ def build_model(args, out_dir: Path):
     return model
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed_side_by_side(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """(median seconds, warm-up output) of each fn. The repeats rotate through the fns so that drift in
+    the machine's speed (a shared CPU) reaches all of them alike."""
+    outputs = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # no fn always follows the same one
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
 def main() -> None:
@@ -55,7 +62,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -72,29 +79,42 @@ def main() -> None:
         hf_to_megatron(tmp / "hf", tmp / "ckpt")
         prompts = torch.randint(2, args.vocab, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(0))
 
-        def run_hf():
+        def run_hf(logprobs: bool):
+            """Greedy tokens [b, new]; with ``logprobs`` also their log-probs, the sampler's full output."""
             with torch.no_grad():
-                hf_model.generate(prompts, do_sample=False, max_new_tokens=args.new_tokens,
-                                  min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
-
-        hf_s = timed(run_hf, args.repeats)
+                out = hf_model.generate(prompts, do_sample=False, max_new_tokens=args.new_tokens,
+                                        min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0,
+                                        output_logits=logprobs, return_dict_in_generate=True)
+                tokens = out.sequences[:, args.prompt_len:]
+                if logprobs:
+                    logp = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
+                    logp.gather(-1, tokens.unsqueeze(-1))
+                return tokens
 
         cfg = read_checkpoint_config(tmp / "ckpt", ParallelConfig())
         init_distributed(cfg.parallel, seed=0)
         try:
             chunks = load_model_checkpoint(tmp / "ckpt", cfg)
             rows = prompts.tolist()
-            ours_s = timed(lambda: generate(chunks, cfg, rows, args.new_tokens, SamplingParams(greedy=True), 0),
-                           args.repeats)
+            median, outputs = timed_side_by_side({
+                "hf": lambda: run_hf(False),
+                "hf_logprobs": lambda: run_hf(True),
+                "ours": lambda: generate(chunks, cfg, rows, args.new_tokens, SamplingParams(greedy=True), 0),
+            }, args.repeats)
         finally:
             destroy_distributed()
 
     tokens = args.batch * args.new_tokens
+    same = sum(a == b for a, b in zip(outputs["ours"].responses, outputs["hf"].tolist())) / args.batch
     row = {
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "threads": torch.get_num_threads(),
-        "ours_s": ours_s, "hf_s": hf_s, "ours_tokens_per_s": tokens / ours_s, "hf_tokens_per_s": tokens / hf_s,
-        "ratio": hf_s / ours_s,
+        "repeats": args.repeats, "ours_s": median["ours"], "hf_s": median["hf"],
+        "hf_logprobs_s": median["hf_logprobs"],
+        "ours_tokens_per_s": tokens / median["ours"], "hf_tokens_per_s": tokens / median["hf"],
+        "ratio": median["hf"] / median["ours"],
+        "ratio_vs_hf_with_logprobs": median["hf_logprobs"] / median["ours"],
+        "rows_equal_to_hf": same,
     }
     if args.json:
         print(json.dumps(row))

@@ -2,11 +2,11 @@
 
 - ``GemmaRMSNorm``: RMSNorm computed in fp32 and scaled by (1 + w), as Hugging Face's Gemma does (the
   weight is stored as w, so HF <-> Megatron conversion copies it bit for bit).
-- ``GemmaCoreAttention``: Megatron's ``DotProductAttention`` plus Gemma 2's attention-logit softcap and
-  sliding-window layers (Gemma 2 alternating, Gemma 3 by ``layer_types``), chosen by the global layer
-  number.
+- ``GemmaCoreAttention``: attention per KV group (no per-head copies of keys and values) with Gemma 2's
+  attention-logit softcap and sliding-window layers (Gemma 2 alternating, Gemma 3 by ``layer_types``),
+  chosen by the global layer number.
 - ``GemmaSelfAttention``: ``SelfAttention`` whose sliding-window layers use their own RoPE base
-  (Gemma 3's ``rope_local_base_freq``).
+  (Gemma 3's ``rope_local_base_freq``), and whose static KV cache holds keys already rotated.
 - ``post_normed(linear)``: a row-parallel linear followed by an RMSNorm of its output, for Gemma 2/3's
   post-attention and post-feed-forward norms (applied before the residual add).
 """
@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
@@ -29,9 +31,7 @@ class GemmaRMSNorm(torch.nn.Module):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).type_as(x)
+        return F.rms_norm(x.float(), x.shape[-1:], 1.0 + self.weight.float(), self.eps).type_as(x)
 
 
 def _is_sliding(config, layer_number: int) -> bool:
@@ -40,46 +40,52 @@ def _is_sliding(config, layer_number: int) -> bool:
     return bool(types) and types[layer_number - 1] == "sliding_attention"
 
 
-class _SoftcapThenSoftmax(torch.nn.Module):
-    """Wraps Megatron's scale-mask-softmax: cap·tanh(scores/cap) before the mask, as HF Gemma 2."""
-
-    def __init__(self, inner: torch.nn.Module, cap: float):
-        super().__init__()
-        self.inner, self.cap = inner, cap
-
-    def forward(self, scores, mask, *args, **kwargs):
-        return self.inner(torch.tanh(scores / self.cap) * self.cap, mask, *args, **kwargs)
-
-
 class GemmaCoreAttention(DotProductAttention):
+    """Megatron's ``DotProductAttention`` interface with Gemma's attention: softcap before the mask,
+    sliding windows, softmax in fp32. It attends per KV group: the query heads that share a KV head
+    (Megatron's head order, h = group * heads_per_group + r) are rows of one matmul against that
+    group's keys, so keys and values are never expanded per head (Megatron repeats them, over the
+    whole KV cache at every decode step)."""
+
     def __init__(self, config, layer_number: int, *args, **kwargs):
         super().__init__(config, layer_number, *args, **kwargs)
-        cap = config.attn_logit_softcap
-        if cap:
-            self.scale_mask_softmax = _SoftcapThenSoftmax(self.scale_mask_softmax, cap)
+        if config.apply_query_key_layer_scaling or self.attention_dropout.p:
+            raise ValueError("Gemma attention has no query-key layer scaling and no attention dropout")
+        self.cap = config.attn_logit_softcap
         self.window = config.sliding_window if _is_sliding(config, layer_number) else None
 
-    def forward(self, query, key, value, attention_mask, *args, **kwargs):
-        sq, sk = query.shape[0], key.shape[0]
-        mask = _causal_mask(sq, sk, self.window, query.device)
-        if attention_mask is not None:
-            mask = mask | attention_mask.bool()
-        return super().forward(query, key, value, mask, *args, **kwargs)
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if attention_mask is not None or attention_bias is not None or packed_seq_params is not None:
+            raise NotImplementedError("Gemma attention builds its own causal / window mask; it takes no "
+                                      "attention mask, attention bias or packed sequences")
+        sq, b, heads, dim = query.shape  # query [sq, b, heads, dim]; key, value [sk, b, groups, dim]
+        if self.window is not None and key.size(0) > sq + self.window - 1:
+            key, value = key[-(sq + self.window - 1):], value[-(sq + self.window - 1):]  # keys no query sees
+        sk, groups = key.size(0), key.size(2)
+        q = query.permute(1, 2, 0, 3).reshape(b, groups, -1, dim)
+        scores = torch.matmul(q, key.permute(1, 2, 3, 0)).view(b, heads, sq, sk).float()
+        scores = scores * self.softmax_scale
+        if self.cap:
+            scores = torch.tanh(scores / self.cap) * self.cap
+        if sq > 1:  # one query (a decode step) sees every key left after the window cut
+            scores = scores.masked_fill(_causal_mask(sq, sk, self.window, query.device),
+                                        torch.finfo(scores.dtype).min)
+        probs = scores.softmax(-1).to(query.dtype)
+        context = torch.matmul(probs.view(b, groups, -1, sk), value.permute(1, 2, 0, 3))
+        return context.view(b, heads, sq, dim).permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 
 
-@functools.lru_cache(maxsize=32)
-def _causal_mask_cpu(sq: int, sk: int, window: int | None) -> torch.Tensor:
-    q = torch.arange(sk - sq, sk).unsqueeze(1)  # absolute positions of the queries
-    k = torch.arange(sk).unsqueeze(0)
+@functools.lru_cache(maxsize=64)
+def _causal_mask(sq: int, sk: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """True where attention is not allowed: future keys, and keys beyond the window. The queries are
+    the last ``sq`` of ``sk`` positions (a KV cache holds the earlier ones)."""
+    q = torch.arange(sk - sq, sk, device=device).unsqueeze(1)
+    k = torch.arange(sk, device=device).unsqueeze(0)
     masked = k > q
     if window is not None:
-        masked |= (q - k) >= window  # HF: a key is visible while q − k < sliding_window
+        masked |= (q - k) >= window  # HF: a key is visible while q - k < sliding_window
     return masked.view(1, 1, sq, sk)
-
-
-def _causal_mask(sq: int, sk: int, window: int | None, device) -> torch.Tensor:
-    """True where attention is not allowed: future keys, and keys beyond the window."""
-    return _causal_mask_cpu(sq, sk, window).to(device)
 
 
 class GemmaSelfAttention(SelfAttention):
@@ -96,6 +102,26 @@ class GemmaSelfAttention(SelfAttention):
         if self.local_rope is not None and rotary_pos_emb is not None:
             rotary_pos_emb = self.local_rope(rotary_pos_emb.shape[0])
         return super().forward(hidden_states, *args, rotary_pos_emb=rotary_pos_emb, **kwargs)
+
+    def _adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb,
+                                        *args, **kwargs):
+        """With a static KV cache, rotate the new queries and keys here, in one call, and cache the
+        keys rotated; forward() then rotates nothing (Megatron's own contract when this returns no
+        rotary embedding). Megatron's static path caches unrotated keys and rotates the whole cache
+        again at every decode step."""
+        if (inference_context is None or not inference_context.is_static_batching()
+                or rotary_pos_emb is None or self.config.flash_decode):
+            return super()._adjust_key_value_for_inference(
+                inference_context, query, key, value, rotary_pos_emb, *args, **kwargs)
+        # Self-attention: queries and keys share positions, so one embedding rotates both.
+        pos_emb = rotary_pos_emb[0] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb
+        new = slice(inference_context.sequence_len_offset, inference_context.sequence_len_offset + key.size(0))
+        rotated = apply_rotary_pos_emb(torch.cat([query, key], dim=2), pos_emb[new],
+                                       config=self.config, cp_group=self.pg_collection.cp)
+        query, key = rotated.split([query.size(2), key.size(2)], dim=2)
+        query, key, value, _, mask_type, block_table = super()._adjust_key_value_for_inference(
+            inference_context, query, key, value, None, *args, **kwargs)
+        return query, key, value, None, mask_type, block_table
 
 
 @functools.lru_cache(maxsize=None)

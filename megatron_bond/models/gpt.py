@@ -65,7 +65,7 @@ class BondGPTModel(GPTModel):
                 raise NotImplementedError("a softcapped model computes its loss through the fused heads")
             logits = super()._postprocess(hidden_states, *args, **kwargs)
             cap = self.final_logit_softcap
-            return torch.tanh(logits / cap) * cap if cap else logits
+            return torch.tanh_(logits / cap) * cap if cap else logits  # one temporary [b, s, V], not two
         if self.config.sequence_parallel:
             hidden_states = gather_from_sequence_parallel_region(hidden_states)
         if self.share_embeddings_and_output_weights:

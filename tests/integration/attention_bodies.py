@@ -1,0 +1,61 @@
+"""One-rank body: megatron-bond's Gemma core attention against transformers' eager Gemma 2 attention."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from megatron_bond.config import Config, ModelConfig, ParallelConfig
+from megatron_bond.runtime import destroy_distributed, init_distributed
+
+SEQ, BATCH, HEADS, DIM, WINDOW = 11, 2, 4, 8, 4
+
+
+def _reference(q, k, v, scale, softcap, window):
+    """transformers' eager attention with a causal (and sliding-window) mask built here from tril/triu."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    heads, groups = q.shape[2], k.shape[2]
+    allowed = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()
+    if window:
+        allowed &= torch.ones(SEQ, SEQ, dtype=torch.bool).triu(-(window - 1))
+    mask = torch.zeros(SEQ, SEQ).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    module = SimpleNamespace(num_key_value_groups=heads // groups, training=False, head_dim=DIM)
+    out, _ = eager_attention_forward(module, q.permute(1, 2, 0, 3), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3),
+                                     mask, scaling=scale, softcap=softcap)
+    return out.transpose(0, 1).reshape(SEQ, BATCH, heads * DIM)  # [b, s, heads, dim] -> [s, b, heads*dim]
+
+
+def compare(cases: list[tuple]) -> dict:
+    """For each (query groups, softcap, window): max |ours - reference| for the whole sequence at once
+    and for its last 3 and last 1 queries against every key (what a KV cache hands the attention during
+    prefill chunks and decode steps)."""
+    init_distributed(ParallelConfig(), seed=0)
+    try:
+        return {case: _compare(*case) for case in cases}
+    finally:
+        destroy_distributed()
+
+
+def _compare(groups: int, softcap: float | None, window: int | None) -> dict:
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_bond.models.gemma_layers import GemmaCoreAttention
+    from megatron_bond.models.spec import transformer_config
+
+    cfg = Config(
+        parallel=ParallelConfig(),
+        model=ModelConfig(family="gemma2", num_layers=1, hidden_size=HEADS * DIM, ffn_hidden_size=64,
+                          num_attention_heads=HEADS, num_query_groups=groups, kv_channels=DIM, vocab_size=64,
+                          max_seq_length=SEQ, attn_logit_softcap=softcap, sliding_window=window,
+                          layer_types=["sliding_attention" if window else "full_attention"],
+                          query_pre_attn_scalar=16.0),
+    ).validate()
+    attention = GemmaCoreAttention(transformer_config(cfg), 1, attn_mask_type=AttnMaskType.causal,
+                                   attention_type="self", softmax_scale=16.0**-0.5)
+    gen = torch.Generator().manual_seed(groups)
+    q = torch.randn(SEQ, BATCH, HEADS, DIM, generator=gen) * 3
+    k, v = (torch.randn(SEQ, BATCH, groups, DIM, generator=gen) * 3 for _ in range(2))
+    ref = _reference(q, k, v, 16.0**-0.5, softcap, window)
+    return {last: (attention(q[-last:], k, v, None) - ref[-last:]).abs().max().item() for last in (SEQ, 3, 1)}
