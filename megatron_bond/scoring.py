@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.jsonl import read_objects
+from megatron_bond.jsonl import check_token_ids, read_objects
 from megatron_bond.models.heads import TokenLogProbHead
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
@@ -25,8 +25,7 @@ def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
         tokens = row.get("tokens")
         if not isinstance(tokens, list):
             raise ConfigError(f"{where}: expected a JSON object with a 'tokens' list")
-        if not tokens or not all(isinstance(t, int) and 0 <= t < cfg.model.vocab_size for t in tokens):
-            raise ConfigError(f"{where}: tokens must be a non-empty list of ids in [0, {cfg.model.vocab_size})")
+        check_token_ids(tokens, cfg.model.vocab_size, where)
         if len(tokens) < 2 and not cfg.model.reward_head:
             raise ConfigError(f"{where}: log-probs need at least 2 tokens (the first has no context)")
         if len(tokens) > cfg.model.max_seq_length:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import ConfigError, ParallelConfig
-from megatron_bond.jsonl import read_objects
+from megatron_bond.jsonl import check_token_ids, read_objects
 from megatron_bond.rollout.sampling import SamplingParams
 
 
@@ -23,17 +23,19 @@ def load_tokenizer(ckpt: str | Path):
     return sentencepiece.SentencePieceProcessor(model_file=str(path))
 
 
-def read_prompts(path: str | Path, tokenizer, bos_id: int | None) -> list[list[int]]:
+def read_prompts(path: str | Path, tokenizer, bos_id: int | None, vocab_size: int) -> list[list[int]]:
     prompts = []
     for where, row in read_objects(path):
-        if isinstance(row.get("tokens"), list) and row["tokens"]:
-            prompts.append([int(t) for t in row["tokens"]])
+        if isinstance(row.get("tokens"), list):
+            prompt = row["tokens"]
         elif isinstance(row.get("text"), str):
             if tokenizer is None:
                 raise ConfigError(f"{where}: a text prompt needs hf/tokenizer.model in the checkpoint")
-            prompts.append(([bos_id] if bos_id is not None else []) + tokenizer.encode(row["text"]))
+            prompt = ([bos_id] if bos_id is not None else []) + tokenizer.encode(row["text"])
         else:
             raise ConfigError(f"{where}: expected a non-empty 'tokens' list or a 'text' string")
+        check_token_ids(prompt, vocab_size, where)
+        prompts.append(prompt)
     return prompts
 
 
@@ -47,7 +49,7 @@ def generate_file(args) -> int:
     cfg = read_checkpoint_config(args.ckpt, ParallelConfig(tp=args.tp, pp=args.pp))
     hf_config = json.loads((Path(args.ckpt) / "hf" / "config.json").read_text())
     tokenizer = load_tokenizer(args.ckpt)
-    prompts = read_prompts(args.input, tokenizer, hf_config.get("bos_token_id"))
+    prompts = read_prompts(args.input, tokenizer, hf_config.get("bos_token_id"), cfg.model.vocab_size)
     eos = hf_config.get("eos_token_id")
     stop_ids = tuple(args.stop_id or ([] if eos is None else eos if isinstance(eos, list) else [eos]))
     init_distributed(cfg.parallel, seed=args.seed)

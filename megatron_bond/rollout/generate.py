@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_bond.config import Config, ConfigError
+from megatron_bond.jsonl import check_token_ids
 from megatron_bond.rollout.sampling import SamplingParams, sample
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
@@ -32,8 +33,10 @@ def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int,
              seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
     from megatron.core.inference.contexts import StaticInferenceContext
 
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ConfigError("every prompt needs at least one token")
+    if not prompts:
+        raise ConfigError("no prompts to generate from")
+    for i, prompt in enumerate(prompts):
+        check_token_ids(prompt, cfg.model.vocab_size, f"prompt {i}")
     device = next(chunks[0].parameters()).device
     b = len(prompts)
     plen = torch.tensor([len(p) for p in prompts], device=device)

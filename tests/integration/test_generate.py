@@ -97,7 +97,8 @@ def test_cli_generates_from_text_with_the_checkpoint_tokenizer(converted, tmp_pa
     for row in rows:
         assert 1 <= len(row["tokens"]) <= 8 and len(row["logprobs"]) == len(row["tokens"])
         assert row["text"] == sp.decode(row["tokens"])
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "x"}) + "\n")
-    argv[argv.index("--input") + 1] = str(bad)
-    assert run_ranks("tests.integration.bodies:cli", 1, {"argv": argv[:4] + ["1"] + argv[5:]}) == [2]
+    for n, bad_row in enumerate([{"prompt": "x"}, {"tokens": [5, 10**6]}]):  # no prompt; an id past the vocab
+        bad = tmp_path / f"bad{n}.jsonl"
+        bad.write_text(json.dumps(bad_row) + "\n")
+        argv[argv.index("--input") + 1] = str(bad)
+        assert run_ranks("tests.integration.bodies:cli", 1, {"argv": argv[:4] + ["1"] + argv[5:]}) == [2]
