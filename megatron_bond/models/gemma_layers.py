@@ -64,14 +64,15 @@ class GemmaCoreAttention(DotProductAttention):
             key, value = key[-(sq + self.window - 1):], value[-(sq + self.window - 1):]  # keys no query sees
         sk, groups = key.size(0), key.size(2)
         q = query.permute(1, 2, 0, 3).reshape(b, groups, -1, dim)
-        scores = torch.matmul(q, key.permute(1, 2, 3, 0)).view(b, heads, sq, sk).float()
-        scores = scores * self.softmax_scale
+        # Scores, softcap and mask in the model dtype and the softmax in fp32, as HF's eager attention:
+        # an fp32 copy of every [b, heads, sq, sk] intermediate would cost training memory.
+        scores = torch.matmul(q, key.permute(1, 2, 3, 0)).view(b, heads, sq, sk) * self.softmax_scale
         if self.cap:
             scores = torch.tanh(scores / self.cap) * self.cap
         if sq > 1:  # one query (a decode step) sees every key left after the window cut
             scores = scores.masked_fill(_causal_mask(sq, sk, self.window, query.device),
                                         torch.finfo(scores.dtype).min)
-        probs = scores.softmax(-1).to(query.dtype)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         context = torch.matmul(probs.view(b, groups, -1, sk), value.permute(1, 2, 0, 3))
         return context.view(b, heads, sq, dim).permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 

@@ -20,7 +20,7 @@ def _reference(q, k, v, scale, softcap, window):
     allowed = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()
     if window:
         allowed &= torch.ones(SEQ, SEQ, dtype=torch.bool).triu(-(window - 1))
-    mask = torch.zeros(SEQ, SEQ).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    mask = torch.zeros(SEQ, SEQ, dtype=q.dtype).masked_fill(~allowed, torch.finfo(q.dtype).min)
     module = SimpleNamespace(num_key_value_groups=heads // groups, training=False, head_dim=DIM)
     out, _ = eager_attention_forward(module, q.permute(1, 2, 0, 3), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3),
                                      mask, scaling=scale, softcap=softcap)
@@ -28,7 +28,7 @@ def _reference(q, k, v, scale, softcap, window):
 
 
 def compare(cases: list[tuple]) -> dict:
-    """For each (query groups, softcap, window): max |ours - reference| for the whole sequence at once
+    """For each (query groups, softcap, window, dtype): max |ours - reference| for the whole sequence at once
     and for its last 3 and last 1 queries against every key (what a KV cache hands the attention during
     prefill chunks and decode steps)."""
     init_distributed(ParallelConfig(), seed=0)
@@ -38,7 +38,7 @@ def compare(cases: list[tuple]) -> dict:
         destroy_distributed()
 
 
-def _compare(groups: int, softcap: float | None, window: int | None) -> dict:
+def _compare(groups: int, softcap: float | None, window: int | None, dtype: str) -> dict:
     from megatron.core.transformer.enums import AttnMaskType
 
     from megatron_bond.models.gemma_layers import GemmaCoreAttention
@@ -55,7 +55,8 @@ def _compare(groups: int, softcap: float | None, window: int | None) -> dict:
     attention = GemmaCoreAttention(transformer_config(cfg), 1, attn_mask_type=AttnMaskType.causal,
                                    attention_type="self", softmax_scale=16.0**-0.5)
     gen = torch.Generator().manual_seed(groups)
-    q = torch.randn(SEQ, BATCH, HEADS, DIM, generator=gen) * 3
-    k, v = (torch.randn(SEQ, BATCH, groups, DIM, generator=gen) * 3 for _ in range(2))
+    q = (torch.randn(SEQ, BATCH, HEADS, DIM, generator=gen) * 3).to(getattr(torch, dtype))
+    k, v = ((torch.randn(SEQ, BATCH, groups, DIM, generator=gen) * 3).to(q.dtype) for _ in range(2))
     ref = _reference(q, k, v, 16.0**-0.5, softcap, window)
-    return {last: (attention(q[-last:], k, v, None) - ref[-last:]).abs().max().item() for last in (SEQ, 3, 1)}
+    return {last: (attention(q[-last:], k, v, None) - ref[-last:]).float().abs().max().item()
+            for last in (SEQ, 3, 1)}
