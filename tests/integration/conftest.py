@@ -1,3 +1,4 @@
+import functools
 import subprocess
 import sys
 
@@ -25,22 +26,19 @@ def export(ckpt, out_dir, *extra):
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """variant -> (dir with hf/ and ckpt/, the HF model, scored rows, HF reference per row)."""
-    cache = {}
-
+    @functools.cache  # each variant built and converted once per session
     def get(variant):
-        if variant not in cache:
-            root = tmp_path_factory.mktemp(variant)
-            model = build_hf_model(variant, root / "hf")
-            done = convert(root / "hf", root / "ckpt")
-            assert done.returncode == 0, done.stderr[-3000:]
-            gen = torch.Generator().manual_seed(0)
-            rows = [torch.randint(1, VOCAB, (n,), generator=gen).tolist() for n in (5, 17, 30, 2)]
-            if variant.endswith("reward"):
-                with torch.no_grad():
-                    ref = [model(torch.tensor([r])).logits[0, 0].item() for r in rows]
-            else:
-                ref = [hf_token_logprobs(model, r) for r in rows]
-            cache[variant] = (root, model, rows, ref)
-        return cache[variant]
+        root = tmp_path_factory.mktemp(variant)
+        model = build_hf_model(variant, root / "hf")
+        done = convert(root / "hf", root / "ckpt")
+        assert done.returncode == 0, done.stderr[-3000:]
+        gen = torch.Generator().manual_seed(0)
+        rows = [torch.randint(1, VOCAB, (n,), generator=gen).tolist() for n in (5, 17, 30, 2)]
+        if variant.endswith("reward"):
+            with torch.no_grad():
+                ref = [model(torch.tensor([r])).logits[0, 0].item() for r in rows]
+        else:
+            ref = [hf_token_logprobs(model, r) for r in rows]
+        return root, model, rows, ref
 
     return get

@@ -7,6 +7,8 @@ real tool; each layout scores every variant in one launch of gloo ranks, and `me
 itself runs once at TP=2.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -21,19 +23,16 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def scored(converted):
-    cache = {}
-
+    @functools.cache  # one launch of ranks per layout, shared by the tests of that layout
     def get(layout):
-        if layout not in cache:
-            tp, pp = layout
-            items = [converted(v) for v in VARIANTS]
-            rows = items[0][2]
-            assert all(item[2] == rows for item in items)
-            out = run_ranks("tests.integration.bodies:score_many", tp * pp,
-                            {"ckpts": [str(item[0] / "ckpt") for item in items], "tp": tp, "pp": pp,
-                             "rows": rows}, timeout=300)[0]
-            cache[layout] = dict(zip(VARIANTS, out))
-        return cache[layout]
+        tp, pp = layout
+        items = [converted(v) for v in VARIANTS]
+        rows = items[0][2]
+        assert all(item[2] == rows for item in items)
+        out = run_ranks("tests.integration.bodies:score_many", tp * pp,
+                        {"ckpts": [str(item[0] / "ckpt") for item in items], "tp": tp, "pp": pp,
+                         "rows": rows}, timeout=300)[0]
+        return dict(zip(VARIANTS, out))
 
     return get
 

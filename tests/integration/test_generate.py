@@ -1,6 +1,7 @@
 """Rollouts from converted checkpoints: greedy equals transformers' generate, the sampler's log-probs
 equal the scorer's, sampling is reproducible, and the CLI round-trips text through the tokenizer."""
 
+import functools
 import json
 import shutil
 
@@ -30,17 +31,14 @@ def hf_greedy(model, prompt):
 
 @pytest.fixture(scope="module")
 def greedy(converted):
-    cache = {}
-
+    @functools.cache  # one launch of ranks per layout, shared by the tests of that layout
     def get(layout):
-        if layout not in cache:
-            tp, pp = layout
-            out = run_ranks("tests.integration.bodies:generate_many", tp * pp,
-                            {"ckpts": [str(converted(v)[0] / "ckpt") for v in VARIANTS], "tp": tp, "pp": pp,
-                             "prompts": prompts(), "max_new_tokens": NEW, "sampling": {"greedy": True}},
-                            timeout=300)[0]
-            cache[layout] = dict(zip(VARIANTS, out))
-        return cache[layout]
+        tp, pp = layout
+        out = run_ranks("tests.integration.bodies:generate_many", tp * pp,
+                        {"ckpts": [str(converted(v)[0] / "ckpt") for v in VARIANTS], "tp": tp, "pp": pp,
+                         "prompts": prompts(), "max_new_tokens": NEW, "sampling": {"greedy": True}},
+                        timeout=300)[0]
+        return dict(zip(VARIANTS, out))
 
     return get
 
