@@ -26,9 +26,17 @@ import torch.distributed as dist
 from torch import Tensor
 
 
-# fp32 logits per chunk: 128 MiB on CPU (128 tokens at a 262k vocabulary), 1 GiB on GPU, where
-# skinny chunks would starve the matmuls.
+# fp32 logits per chunk: at most 128 MiB on CPU (128 tokens at a 262k vocabulary), 1 GiB on GPU, where
+# skinny chunks would starve the matmuls ...
 CHUNK_BUDGET_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+# ... and at most 1/8 of the tokens: a naive head holds about three [T, V] fp32 tensors (logits,
+# log-softmax, their gradient), so a chunk of T/8 tokens keeps the fused head's extra memory near
+# 1/24 of naive's at any T, not only where T is large against the budget.
+CHUNK_FRACTION_OF_TOKENS = 8
+# A finite floor for a shard's row max: a shard whose rows are all padding (−inf) would otherwise give
+# exp(−inf − (−inf)) = NaN, and the all-reduce would spread it to every rank (the Triton kernels use
+# the same floor).
+NEG_BIG = -1.0e30
 # torch.mm(..., out_dtype=torch.float32): bf16 inputs, fp32 accumulation and output (CUDA only).
 _MM_FP32_OUT = hasattr(torch.ops.aten.mm, "dtype_out") and hasattr(torch.ops.aten.addmm, "dtype_out")
 
@@ -43,9 +51,11 @@ class HeadSpec:
     group: dist.ProcessGroup | None = None  # tensor-parallel group; None: the full vocab is here
     backend: str = "torch"
 
-    def tokens_per_chunk(self, rows: int, device: torch.device) -> int:
+    def tokens_per_chunk(self, tokens: int, rows: int, device: torch.device) -> int:
+        if self.chunk_size:
+            return self.chunk_size
         budget = CHUNK_BUDGET_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
-        return self.chunk_size or max(1, budget // rows)
+        return max(1, min(budget // rows, -(-tokens // CHUNK_FRACTION_OF_TOKENS)))
 
     def valid_rows(self, rows: int) -> int:
         """Rows of this shard that are real vocabulary (the rest is padding)."""
@@ -97,7 +107,7 @@ def _local_stats(z: Tensor, local_t: Tensor, here: Tensor, spec: HeadSpec, entro
         from megatron_bond.ops.triton_kernels import row_stats
 
         return row_stats(z, local_t, here)
-    m = z.amax(dim=1)  # amax: no argmax to compute, about 3x faster than max on CPU
+    m = z.amax(dim=1).clamp_min_(NEG_BIG)  # amax: no argmax to compute, about 3x faster than max on CPU
     target = torch.where(here, z.gather(1, local_t.unsqueeze(1)).squeeze(1), 0.0)
     if entropy:
         e = torch.exp(z - m.unsqueeze(1))
@@ -146,7 +156,7 @@ def _chunks(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec):
     """Per chunk of tokens: (token slice, transformed logits in one reused fp32 buffer, softcap
     derivative or None, local targets, whether each target lives on this shard)."""
     T, rows = hidden.shape[0], weight.shape[0]
-    step = spec.tokens_per_chunk(rows, hidden.device)
+    step = spec.tokens_per_chunk(T, rows, hidden.device)
     buf = torch.empty(min(step, T), rows, dtype=torch.float32, device=hidden.device)
     local_t, here = _local_targets(targets, rows, spec)
     for s in range(0, T, step):
@@ -156,13 +166,28 @@ def _chunks(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec):
         yield slice(s, e), z, dcap, local_t[s:e], here[s:e]
 
 
-def _check(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec) -> None:
+def _check(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec, weights: Tensor | None = None) -> None:
+    """Every input's shape, dtype and device, once, at the entry of a public op (one-line errors)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} must be [T, H] and [V, H]")
-    if targets.shape != hidden.shape[:1]:
-        raise ValueError(f"targets {tuple(targets.shape)} must be [T] for hidden {tuple(hidden.shape)}")
+    if not hidden.is_floating_point() or hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one floating dtype")
+    tensors = {"hidden": hidden, "weight": weight, "targets": targets}
+    if targets.shape != hidden.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets {tuple(targets.shape)} {targets.dtype} must be [T] integer ids for hidden "
+                         f"{tuple(hidden.shape)}")
+    if weights is not None:
+        tensors["weights"] = weights
+        if weights.shape != hidden.shape[:1] or not weights.is_floating_point():
+            raise ValueError(f"weights {tuple(weights.shape)} {weights.dtype} must be [T] floating, one per "
+                             f"token of hidden {tuple(hidden.shape)}")
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs are on different devices: {devices}")
     if spec.chunk_size is not None and spec.chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if spec.temperature <= 0 or (spec.softcap is not None and spec.softcap <= 0):
+        raise ValueError(f"temperature ({spec.temperature}) and softcap ({spec.softcap}) must be > 0")
 
 
 def _scores(hidden, weight, targets, spec: HeadSpec, entropy: bool):
@@ -191,24 +216,44 @@ class TokenLogProbs(torch.autograd.Function):
     def backward(ctx, grad_logp, _grad_ent):
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_h, grad_w = _fused_grads(hidden, weight, targets, grad_logp.float(), ctx.spec, lse)
-        return grad_h, grad_w, None, None, None
+        return grad_h.to(hidden.dtype), grad_w.to(weight.dtype), None, None, None
 
 
-def _accumulate_weight_grad(grad_w: Tensor, g: Tensor, h: Tensor) -> None:
-    """grad_w (fp32) += gᵀ·h, with the matmul in h's dtype (tensor cores for bf16 on GPU)."""
-    if h.dtype == torch.float32:
-        grad_w.addmm_(g.T, h)
-    elif h.is_cuda and _MM_FP32_OUT:
-        torch.addmm(grad_w, g.T.to(h.dtype), h, out_dtype=torch.float32, out=grad_w)
-    else:
-        grad_w.addmm_(g.T, h.float())
+def _gradient_operand(t: Tensor) -> Tensor:
+    """The operand that the per-token logit gradients multiply. fp16 is upcast to fp32 once per call:
+    coef·p of the non-target rows falls below fp16's smallest subnormal (6e-8) and would flush to zero.
+    bf16 keeps fp32's exponent range, so it stays bf16 (tensor cores on GPU)."""
+    return t.float() if t.dtype == torch.float16 else t
+
+
+def _mm_into(out: Tensor, g: Tensor, b: Tensor, accumulate: bool) -> None:
+    """``out`` (fp32) = [out +] g·b for fp32 per-token gradients ``g`` and ``b`` in fp32 or bf16."""
+    if b.dtype == torch.float32:
+        if accumulate:
+            out.addmm_(g, b)
+        else:
+            torch.mm(g, b, out=out)
+    elif b.is_cuda and _MM_FP32_OUT:  # bf16 operands, fp32 accumulation and output
+        if accumulate:
+            torch.addmm(out, g.to(b.dtype), b, out_dtype=torch.float32, out=out)
+        else:
+            torch.mm(g.to(b.dtype), b, out_dtype=torch.float32, out=out)
+    elif accumulate:  # CPU bf16 weight gradient: fp32 product of a chunk of hidden states
+        out.addmm_(g, b.float())
+    else:  # CPU bf16 hidden gradient: the product is rounded to bf16 (CPU kernels have no fp32 output)
+        out.copy_(g.to(b.dtype) @ b)
 
 
 def _fused_grads(hidden, weight, targets, coef, spec: HeadSpec, lse_all=None, with_value=False):
-    """Chunked pass forming dΣ coef_t log π(y_t) / d(hidden, weight); optionally the value too."""
-    grad_h = torch.empty_like(hidden)
+    """Chunked pass forming dΣ coef_t log π(y_t) / d(hidden, weight); optionally the value too.
+
+    Both gradients are returned in fp32: the caller applies the incoming gradient (the loss scale under
+    fp16) in fp32 and only then casts to the input dtypes, so nothing overflows or underflows on the way.
+    """
+    grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     value = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    w_op, h_op = _gradient_operand(weight), _gradient_operand(hidden)
     for c, z, dcap, local_t, here in _chunks(hidden, weight, targets, spec):
         if lse_all is None:
             lse, logp, _, m_local = _chunk_stats(z, local_t, here, spec, entropy=False)
@@ -217,10 +262,9 @@ def _fused_grads(hidden, weight, targets, coef, spec: HeadSpec, lse_all=None, wi
             lse = lse_all[c]
             m_local = _local_stats(z, local_t, here, spec, entropy=False)[0]
         g = _chunk_grad_(z, dcap, lse, m_local, coef[c], local_t, here, spec)
-        torch.mm(g.to(hidden.dtype), weight, out=grad_h[c])
-        _accumulate_weight_grad(grad_w, g, hidden[c])
+        _mm_into(grad_h[c], g, w_op, accumulate=False)
+        _mm_into(grad_w, g.T, h_op[c], accumulate=True)
     _all_reduce(grad_h, spec)  # hidden is replicated over TP: its gradient is the sum of the shards'
-    grad_w = grad_w if weight.dtype == torch.float32 else grad_w.to(weight.dtype)
     return (grad_h, grad_w, value) if with_value else (grad_h, grad_w)
 
 
@@ -231,7 +275,8 @@ class WeightedLogProbLoss(torch.autograd.Function):
         if not needs_grad:
             return (coef * _scores(hidden, weight, targets, spec, entropy=False)[0]).sum()
         grad_h, grad_w, value = _fused_grads(hidden, weight, targets, coef, spec, with_value=True)
-        ctx.grads = (grad_h, grad_w)  # not save_for_backward: they are outputs of this op, scaled in place
+        ctx.grads = (grad_h, grad_w)  # fp32; not save_for_backward: they are scaled in place in backward
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         return value
 
     @staticmethod
@@ -240,9 +285,11 @@ class WeightedLogProbLoss(torch.autograd.Function):
             raise RuntimeError("weighted_logprob_loss supports one backward pass (no retain_graph reuse)")
         grad_h, grad_w = ctx.grads
         ctx.grads = None
-        grad_h.mul_(grad_out.to(grad_h.dtype))  # in place: a scaled copy would double the peak
-        grad_w.mul_(grad_out.to(grad_w.dtype))
-        return grad_h, grad_w, None, None, None, None
+        scale = grad_out.float()  # the loss scale under fp16: applied in fp32, before any rounding
+        grad_h.mul_(scale)  # in place: a scaled copy would double the peak
+        grad_w.mul_(scale)
+        h_dtype, w_dtype = ctx.dtypes
+        return grad_h.to(h_dtype), grad_w.to(w_dtype), None, None, None, None
 
 
 def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSpec = HeadSpec(),
@@ -255,6 +302,6 @@ def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, spec: HeadSp
 def weighted_logprob_loss(hidden: Tensor, weight: Tensor, targets: Tensor, weights: Tensor,
                           spec: HeadSpec = HeadSpec()) -> Tensor:
     """Σ_t w_t · log π(y_t) (fp32 scalar) with gradients formed during forward."""
-    _check(hidden, weight, targets, spec)
+    _check(hidden, weight, targets, spec, weights)
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return WeightedLogProbLoss.apply(hidden, weight, targets, weights, spec, needs_grad)
