@@ -11,6 +11,14 @@ from megatron_bond.runtime import destroy_distributed, init_distributed
 
 SEQ, MBS, SEED = 16, 2, 1234
 LR = 1e-3
+ADAM_EPS, WEIGHT_DECAY = 1e-8, 0.01  # megatron-core's OptimizerConfig defaults, spelled out for the bound
+# Reordering bounds of tiny_config's model (tests/tolerances.py): 4 layers, hidden 32, ffn 64, vocab
+# ≤ 128, batches of ≤ 128 tokens.
+#   TERMS = 128       the longest sum: the vocabulary's normaliser, or a weight gradient's sum over tokens
+#   LOSS_DEPTH = 40   chained sums to a log-prob or loss: 9 per layer (two norms, qkv, scores, softmax,
+#                     context, projection, fc1, fc2) times 4, then final norm, logits, normaliser, mean
+#   GRAD_DEPTH = 81   back through the same chain, plus the weight gradient's sum over tokens
+TERMS, LOSS_DEPTH, GRAD_DEPTH = 128, 40, 81
 
 
 def tiny_config(tp: int, pp: int, **model) -> Config:
@@ -89,9 +97,11 @@ def train_step(tp: int, pp: int, num_microbatches: int = 4, save_dir: str | None
     try:
         model = ddp_model(cfg)
         optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=LR, clip_grad=0.5, bf16=False, fp16=False),
+            OptimizerConfig(optimizer="adam", lr=LR, clip_grad=0.5, bf16=False, fp16=False,
+                            adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY),
             model,
         )
+        before = gather_full(model)
         data = batches(num_microbatches, cfg.model.vocab_size)
         for m in model:
             m.zero_grad_buffer()
@@ -105,7 +115,7 @@ def train_step(tp: int, pp: int, num_microbatches: int = 4, save_dir: str | None
             __import__("os").makedirs(save_dir, exist_ok=True)
             dist_checkpointing.save(model[0].module.sharded_state_dict(), save_dir)
         after = _run_schedule(model, data, forward_only=True)
-        return {"loss": loss.item(), "grads": grads, "params": params, "ok": ok,
+        return {"loss": loss.item(), "grads": grads, "params_before": before, "params": params, "ok": ok,
                 "grad_norm": grad_norm, "loss_after": after.item()}
     finally:
         destroy_distributed()

@@ -30,7 +30,7 @@ def _reference(q, k, v, scale, softcap, window):
 def compare(cases: list[tuple]) -> dict:
     """For each (query groups, softcap, window, dtype): max |ours - reference| for the whole sequence at once
     and for its last 3 and last 1 queries against every key (what a KV cache hands the attention during
-    prefill chunks and decode steps)."""
+    prefill chunks and decode steps), with the fp32 bound those differences must stay under."""
     init_distributed(ParallelConfig(), seed=0)
     try:
         return {case: _compare(*case) for case in cases}
@@ -58,5 +58,20 @@ def _compare(groups: int, softcap: float | None, window: int | None, dtype: str)
     q = (torch.randn(SEQ, BATCH, HEADS, DIM, generator=gen) * 3).to(getattr(torch, dtype))
     k, v = ((torch.randn(SEQ, BATCH, groups, DIM, generator=gen) * 3).to(q.dtype) for _ in range(2))
     ref = _reference(q, k, v, 16.0**-0.5, softcap, window)
-    return {last: (attention(q[-last:], k, v, None) - ref[-last:]).float().abs().max().item()
-            for last in (SEQ, 3, 1)}
+    diffs = {last: (attention(q[-last:], k, v, None) - ref[-last:]).float().abs().max().item()
+             for last in (SEQ, 3, 1)}
+    return {**diffs, "bound": fp32_bound(q, k, v, 16.0**-0.5)}
+
+
+def fp32_bound(q, k, v, scale: float) -> float:
+    """How far two fp32 evaluations of the same attention may differ (different kernels, orders).
+
+    A score is a dot product over DIM terms: it may move by DIM·u·Σ|q_d k_d|·scale ≤ DIM²·u·max|q|·max|k|·scale
+    (the softcap c·tanh(s/c) is 1-Lipschitz and adds a few u·c). Softmax is 1-Lipschitz from the max-norm
+    of the scores to the 1-norm of the probabilities up to a factor 2, so the output, a p-weighted sum of
+    values, moves by 2·max|v|·δs; the sum itself over ≤ SEQ keys adds SEQ·u·max|v|.
+    """
+    u = 2.0**-24
+    qmax, kmax, vmax = (t.float().abs().max().item() for t in (q, k, v))
+    score_error = DIM * DIM * u * qmax * kmax * scale + 4 * u * 5.0
+    return 2 * vmax * score_error + (SEQ + 4) * u * vmax

@@ -13,6 +13,11 @@ from tests.integration.hf_models import VOCAB
 
 pytestmark = pytest.mark.distributed
 
+# The sampler's log-probs (full logits, log_softmax) against the scorer's (fused chunked head) for the
+# same tokens: the same model, two head implementations, the parity criterion of test_gemma_parity.py
+# (measured ≤ 1.1e-6; a token shifted by one position is off by O(1)).
+LOGP_TOL = 1e-4
+
 NEW = 32
 LAYOUTS = [(1, 1), (2, 1), (1, 2)]
 VARIANTS = ["gemma_mqa", "gemma2_gqa", "gemma3_gqa"]
@@ -50,7 +55,7 @@ def test_greedy_equals_transformers_and_logprobs_equal_score(converted, greedy, 
     got = greedy(layout)[variant]
     assert got["responses"] == [hf_greedy(model, p) for p in prompts()]
     err = max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(got["logprobs"], got["scored"]))
-    assert err < 1e-4
+    assert err < LOGP_TOL
 
 
 @pytest.mark.parametrize("layout", [(1, 1), (2, 1)], ids=["tp1", "tp2"])
@@ -67,7 +72,7 @@ def test_sampling_is_reproducible_and_scored_consistently(converted, layout):
     for response in got[0]["responses"]:
         assert 1 <= len(response) <= NEW and 1 not in response[:-1]  # stops at the stop id
     err = max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(got[0]["logprobs"], got[0]["scored"]))
-    assert err < 1e-4
+    assert err < LOGP_TOL
 
 
 def test_cli_generates_from_text_with_the_checkpoint_tokenizer(converted, tmp_path):
