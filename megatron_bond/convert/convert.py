@@ -47,7 +47,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     cfg = Config(model=model_config_from_hf(read_hf_config(hf_dir))).validate()
     reader = SafetensorsReader(hf_dir)
     plan = _plan(reader, cfg)
-    with staged_output(out_dir, overwrite) as tmp:
+    with staged_output(out_dir, overwrite, inputs=(hf_dir,)) as tmp:
         init_distributed(ParallelConfig(), seed=cfg.run.seed)
         try:
             from megatron_bond.models.gpt import build_model
@@ -78,7 +78,7 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
     cfg = read_checkpoint_config(ckpt_dir, ParallelConfig())
     if not (Path(ckpt_dir) / "hf" / "config.json").is_file():
         raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint to export with")
-    with staged_output(out_dir, overwrite) as tmp:
+    with staged_output(out_dir, overwrite, inputs=(ckpt_dir,)) as tmp:
         init_distributed(cfg.parallel, seed=cfg.run.seed)
         try:
             (model,) = load_model_checkpoint(ckpt_dir, cfg)

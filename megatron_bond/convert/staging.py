@@ -10,8 +10,20 @@ from pathlib import Path
 from megatron_bond.config import ConfigError
 
 
+def check_disjoint(out_dir: str | Path, inputs: tuple[str | Path, ...]) -> None:
+    """Refuse an output that is, contains or lies inside an input: replacing it (``--overwrite``)
+    would delete what the command reads. Paths are compared after resolving symlinks."""
+    out = Path(out_dir).resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise ConfigError(f"--out-dir {out_dir} overlaps the input {inp}: write the output to a "
+                              "directory outside the input (and the input outside the output)")
+
+
 @contextlib.contextmanager
-def staged_output(out_dir: str | Path, overwrite: bool):
+def staged_output(out_dir: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()):
+    check_disjoint(out_dir, inputs)
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite to replace it")

@@ -1,6 +1,8 @@
 """Round trips and refusals of tools/convert_hf_to_megatron.py and tools/convert_megatron_to_hf.py."""
 
+import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,6 +10,8 @@ from safetensors.torch import load_file
 
 from tests.harness import run_ranks
 from tests.integration.conftest import convert, export
+from megatron_bond.config import ConfigError
+from megatron_bond.convert.convert import hf_to_megatron, megatron_to_hf
 from tests.integration.hf_models import build_hf_model
 
 
@@ -77,3 +81,29 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path):
     assert convert(tmp_path / "hf", tmp_path / "exists", "--overwrite").returncode == 0
     done = export(tmp_path / "hf", tmp_path / "o5")
     assert done.returncode == 2 and "not a megatron-bond checkpoint" in done.stderr
+
+
+def _digest(tree) -> dict[str, str]:
+    return {str(f.relative_to(tree)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(tree.rglob("*")) if f.is_file()}
+
+
+def test_output_overlapping_the_input_is_refused_and_the_input_survives(converted, tmp_path):
+    """--overwrite must never delete what the command reads: the output may not be the input, lie
+    inside it, or contain it. The reported case (same directory, --overwrite) goes through each CLI;
+    the other two are checked in-process, before any work."""
+    hf = tmp_path / "parent" / "hf"
+    build_hf_model("gemma2_gqa", hf)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(converted("gemma_mqa")[0] / "ckpt", ckpt)
+    before = {hf: _digest(hf), ckpt: _digest(ckpt)}
+    for tool, src in ((convert, hf), (export, ckpt)):
+        done = tool(src, src, "--overwrite")
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert len(done.stderr.strip().splitlines()) == 1 and "overlaps the input" in done.stderr
+    for fn, src in ((hf_to_megatron, hf), (megatron_to_hf, ckpt)):
+        for out in (src / "out", src.parent):
+            with pytest.raises(ConfigError, match="overlaps the input"):
+                fn(src, out, overwrite=True)
+    assert {hf: _digest(hf), ckpt: _digest(ckpt)} == before
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "parent") == []
