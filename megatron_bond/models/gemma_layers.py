@@ -77,10 +77,14 @@ class GemmaCoreAttention(DotProductAttention):
         return context.view(b, heads, sq, dim).permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 
 
-@functools.lru_cache(maxsize=64)
 def _causal_mask(sq: int, sk: int, window: int | None, device: torch.device) -> torch.Tensor:
     """True where attention is not allowed: future keys, and keys beyond the window. The queries are
-    the last ``sq`` of ``sk`` positions (a KV cache holds the earlier ones)."""
+    the last ``sq`` of ``sk`` positions (a KV cache holds the earlier ones).
+
+    Built per call and never cached: the mask is one bool per (query, key), while the scores it masks,
+    allocated by the same call, are b·heads elements of at least 2 bytes per (query, key), so building
+    it costs under 1/(2·b·heads) of the call's memory and time, and nothing outlives the call (a cache
+    keyed by shape held gigabytes at 8k-token sequences)."""
     q = torch.arange(sk - sq, sk, device=device).unsqueeze(1)
     k = torch.arange(sk, device=device).unsqueeze(0)
     masked = k > q
