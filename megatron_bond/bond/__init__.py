@@ -7,6 +7,7 @@ from .best_of_n import (
     exact_quantiles,
     jeffreys,
     kl,
+    log_bon_ratio,
     log_quantile_reward,
     quantiles,
 )
@@ -26,6 +27,6 @@ from .losses import (
 __all__ = [
     "backward_kl_loss", "bon_expected_quantile", "bon_kl_upper_bound", "bon_probs", "ema_update_",
     "exact_quantiles", "forward_kl_loss", "jbond_loss", "jbond_reward", "jeffreys", "jeffreys_loss",
-    "kl", "kl_regulariser_loss", "leave_one_out_baseline", "log_quantile_reward", "policy_gradient_loss",
+    "kl", "kl_regulariser_loss", "leave_one_out_baseline", "log_bon_ratio", "log_quantile_reward", "policy_gradient_loss",
     "quantiles", "reinforce_loss",
 ]

@@ -19,16 +19,36 @@ def quantiles(rewards: Tensor, ref_rewards: Tensor) -> tuple[Tensor, Tensor]:
     return p_le, p_lt
 
 
-def log_quantile_reward(rewards: Tensor, ref_rewards: Tensor, n: int) -> Tensor:
-    """The backward-KL reward (N−1)·log p̂≤(y).
+def log_bon_ratio(p_le: Tensor, p_lt: Tensor, n: int) -> Tensor:
+    """log π_BoN(y)/π_ref(y) = log Σ_{i=1..N} p<(y)^(i−1) · p≤(y)^(N−i)  (Theorem 1, ties included).
 
-    Guard against log 0: y itself counts as one more reference sample, so
-    p̂≤ = (1 + #{i: r(y_i) ≤ r(y)}) / (k + 1) lies in [1/(k+1), 1]. This is the estimate one gets by
-    adding y to the pool; it is biased upwards by at most 1/(k+1) and exact as k grows.
+    = (N−1)·log p≤ + log B with B = Σ_i (p</p≤)^(i−1), written without the division; it equals
+    log N + (N−1)·log p≤ where nothing ties (p< = p≤). Computed in log space (large N, small p), with
+    0·log 0 = 0 so that p< = 0 is allowed.
+    """
+    i = torch.arange(n, dtype=p_le.dtype, device=p_le.device)  # i − 1 in Theorem 1's sum
+    log_lt, log_le = torch.log(p_lt).unsqueeze(-1), torch.log(p_le).unsqueeze(-1)
+    j = n - 1 - i
+    terms = torch.where(i == 0, 0.0, i * log_lt) + torch.where(j == 0, 0.0, j * log_le)
+    return torch.logsumexp(terms, dim=-1)
+
+
+def log_quantile_reward(rewards: Tensor, ref_rewards: Tensor, n: int) -> Tensor:
+    """The backward-KL reward: the Monte-Carlo estimate of log π_BoN(y)/π_ref(y) from k reference
+    rewards (last dim of ``ref_rewards``), ties included (``log_bon_ratio``).
+
+    Dropping log B is right only for continuous rewards: with a binary reward (P(good) = 0.3, N = 4)
+    the objective would settle at P(good) = 0.555 instead of Best-of-4's 0.760.
+    Guard against log 0: y itself counts as one more reference sample, on both sides, so
+    p̂≤ = (1 + #{r(y_i) ≤ r(y)}) / (k + 1) and p̂< = (1 + #{r(y_i) < r(y)}) / (k + 1) lie in [1/(k+1), 1]
+    and are equal where nothing ties (B = N, as for continuous rewards). The estimate is biased by at
+    most 1/(k+1) in each quantile and exact as k grows.
     """
     k = ref_rewards.shape[-1]
-    count = (ref_rewards <= rewards.unsqueeze(-1)).to(torch.float32).sum(-1)
-    return (n - 1) * torch.log((count + 1.0) / (k + 1.0))
+    r = rewards.unsqueeze(-1)
+    count_le = (ref_rewards <= r).to(torch.float64).sum(-1)
+    count_lt = (ref_rewards < r).to(torch.float64).sum(-1)
+    return log_bon_ratio((count_le + 1.0) / (k + 1.0), (count_lt + 1.0) / (k + 1.0), n).to(torch.float32)
 
 
 def exact_quantiles(ref_probs: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,16 +59,10 @@ def exact_quantiles(ref_probs: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]
 
 
 def bon_probs(ref_probs: Tensor, rewards: Tensor, n: int) -> Tensor:
-    """Exact π_BoN over a finite support (Theorem 1, ties included; the first best sample wins).
-
-    π_BoN(y) = π_ref(y) · p≤(y)^(N−1) · Σ_{i=1..N} (p<(y)/p≤(y))^(i−1)
-             = π_ref(y) · Σ_{i=1..N} p<(y)^(i−1) · p≤(y)^(N−i)   (the form used: no division by 0).
-    """
+    """Exact π_BoN over a finite support (Theorem 1, ties included; the first best sample wins):
+    π_ref(y) · exp(log_bon_ratio(p≤(y), p<(y), N))."""
     p_le, p_lt = (q.squeeze(-1) for q in exact_quantiles(ref_probs, rewards))
-    total = torch.zeros_like(ref_probs)
-    for i in range(1, n + 1):
-        total = total + p_lt ** (i - 1) * p_le ** (n - i)
-    return ref_probs * total
+    return ref_probs * torch.exp(log_bon_ratio(p_le, p_lt, n))
 
 
 def bon_kl_upper_bound(n: int) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .best_of_n import bon_probs, exact_quantiles, kl
+from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio
 from .losses import (
     backward_kl_loss,
     ema_update_,
@@ -141,12 +141,13 @@ def run_jbond(
 
 
 def exact_backward_kl_loss(problem: SequenceProblem, logits: Tensor, n: int) -> Tensor:
-    """Backward-KL REINFORCE loss in exact expectation, with exact quantiles p≤_ref."""
+    """Backward-KL REINFORCE loss in exact expectation, with the exact return log π_BoN/π_ref
+    (Theorem 1: both quantiles, so ties are handled)."""
     logp = problem.log_probs(logits)
     ref = problem.ref_probs()
-    p_le, _ = exact_quantiles(ref, problem.rewards)
+    p_le, p_lt = (q.squeeze(-1) for q in exact_quantiles(ref, problem.rewards))
     pi = logp.detach().exp()
-    log_q = (n - 1) * p_le.squeeze(-1).log()
+    log_q = log_bon_ratio(p_le, p_lt, n)
     returns = log_q - (logp.detach() - ref.log())
     loss, _ = backward_kl_loss(logp, ref.log(), log_q, baseline=(pi * returns).sum(), sample_weight=pi)
     return loss

@@ -12,6 +12,7 @@ from megatron_bond.bond import (
     bon_probs,
     exact_quantiles,
     kl,
+    log_bon_ratio,
     log_quantile_reward,
     quantiles,
 )
@@ -70,11 +71,27 @@ def test_quantile_estimates_are_unbiased():
 
 
 def test_log_quantile_reward_never_takes_log_zero():
+    """y counts as one more reference sample on both sides: p̂≤ = p̂< ∈ [1/(k+1), 1] without ties, so
+    the reward is log N + (N−1)·log p̂≤ (Theorem 1 with B = N)."""
     ref_rewards = torch.tensor([[1.0, 2.0, 3.0]])
     worst = log_quantile_reward(torch.tensor([0.0]), ref_rewards, n=4)
     best = log_quantile_reward(torch.tensor([5.0]), ref_rewards, n=4)
-    assert worst.item() == pytest.approx(3 * math.log(1 / 4))  # y counted: 1/(k+1)
-    assert best.item() == 0.0
+    assert worst.item() == pytest.approx(math.log(4) + 3 * math.log(1 / 4))
+    assert best.item() == pytest.approx(math.log(4))
+
+
+def test_log_quantile_reward_with_ties_is_the_estimated_bon_ratio():
+    """With ties the estimate is Theorem 1's log Σ_i p̂<^(i−1) p̂≤^(N−i), not (N−1)·log p̂≤ + log N:
+    y = 1 against [0, 1, 1, 2] has p̂≤ = (1+3)/5 and p̂< = (1+1)/5."""
+    got = log_quantile_reward(torch.tensor([1.0]), torch.tensor([[0.0, 1.0, 1.0, 2.0]]), n=3)
+    le, lt = 4 / 5, 2 / 5
+    assert got.item() == pytest.approx(math.log(le**2 + lt * le + lt**2), rel=1e-6)
+
+
+def test_log_bon_ratio_is_log_n_plus_n_minus_1_log_p_without_ties():
+    p = torch.tensor([0.01, 0.5, 1.0], dtype=F64)
+    for n in (1, 2, 7, 300):  # large N stays finite in log space
+        torch.testing.assert_close(log_bon_ratio(p, p, n), math.log(n) + (n - 1) * p.log(), rtol=1e-12, atol=1e-12)
 
 
 def fine_problem(size=4000, seed=0):

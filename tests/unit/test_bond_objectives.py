@@ -13,7 +13,7 @@ from megatron_bond.bond import (
     kl,
     log_quantile_reward,
 )
-from megatron_bond.bond.simulator import SequenceProblem, bon_curve, run_jbond
+from megatron_bond.bond.simulator import SequenceProblem, bon_curve, exact_backward_kl_loss, run_jbond
 
 
 def exact_jeffreys_loss(problem, logits, target, beta):
@@ -124,3 +124,23 @@ def test_regulariser_sign_reduces_kl_to_anchor():
     kl_anchor = {g: run_jbond(problem, steps=20, lr=0.05, eta=0.05, gamma=g)[-1]["kl_anchor"]
                  for g in (-0.5, 0.0, 1.0)}
     assert kl_anchor[1.0] < 0.6 * kl_anchor[0.0] < 0.6 * kl_anchor[-0.5]
+
+
+def test_backward_kl_with_a_discrete_reward_reaches_bon():
+    """Rule-based rewards tie. With a binary reward (P(good) = 0.3 under π_ref) and N = 4, descending the
+    exact backward KL with Theorem 1's return (both quantiles) reaches π_BoN: P(good) = 1 − 0.7⁴ = 0.7599.
+    The return (N−1)·log p≤ alone (what the code used before) settles at 0.555 instead."""
+    ref = torch.tensor([0.1, 0.15, 0.05, 0.2, 0.25, 0.1, 0.15], dtype=torch.float64)
+    good = torch.tensor([1, 1, 1, 0, 0, 0, 0], dtype=torch.float64)  # P(good) = 0.3
+    problem = SequenceProblem(vocab=7, length=1, rewards=good, ref_logits=ref.log().unsqueeze(0))
+    target = bon_probs(ref, good, 4)
+    assert (target * good).sum().item() == pytest.approx(1 - 0.7**4)
+    logits = problem.ref_logits.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(800):
+        opt.zero_grad()
+        exact_backward_kl_loss(problem, logits, 4).backward()
+        opt.step()
+    pi = problem.log_probs(logits).detach().exp()
+    assert (pi * good).sum().item() == pytest.approx(1 - 0.7**4, abs=1e-3)
+    assert kl(pi, target).item() < 1e-5
