@@ -80,14 +80,18 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
+    """Adam through megatron-core's get_megatron_optimizer; the LR schedule counts optimizer steps."""
+
     lr: float = 3e-6
     min_lr: float = 0.0
     warmup_steps: int = 100
+    decay_style: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    distributed: Optional[bool] = None  # the distributed optimizer; None: on GPU, off on CPU (unsupported there)
 
 
 @dataclass
@@ -97,14 +101,72 @@ class BondConfig:
     gamma: float = 0.0  # KL-to-anchor regulariser
     eta: float = 0.02  # EMA anchor rate
     n: int = 2  # Best-of-N of the anchor (BOND); J-BOND uses 2 anchor samples
+    k: int = 8  # reference (anchor) samples per prompt for BOND's Monte-Carlo quantiles
+    # How the anchor follows the policy: "ema" (J-BOND; rate eta), "swap" (iterative BOND: replaced by
+    # the policy every swap_every steps), "fixed" (stays π_ref; REINFORCE always uses it as π_ref).
+    anchor: Literal["ema", "swap", "fixed"] = "ema"
+    swap_every: int = 50
     beta_rl: float = 0.01  # KL weight of the REINFORCE baseline
 
 
 @dataclass
+class PolicyConfig:
+    ckpt: Optional[str] = None  # a checkpoint from tools/convert_hf_to_megatron.py; None: a tiny model from `model`
+    # Training dtype; "auto": bfloat16 on GPU, float32 on CPU. float16 is refused (Gemma overflows it).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+@dataclass
+class RewardConfig:
+    """One reward: a reward-model checkpoint (tools/convert_hf_to_megatron.py, run at the policy's TP/PP)
+    or a Python function "module:function"; neither: the built-in rule of the tiny run."""
+
+    ckpt: Optional[str] = None
+    function: Optional[str] = None
+    batch_size: int = 16  # sequences per reward-model forward
+
+
+@dataclass
+class DataConfig:
+    """Prompts from local files through HF datasets (jsonl, json, parquet, or a saved dataset directory);
+    None: prompts of random tokens, generated from run.seed (the tiny run)."""
+
+    path: Optional[str] = None
+    eval_path: Optional[str] = None  # held-out prompts; None: eval_size prompts held out of `path`
+    text_field: str = "text"  # tokenized with the policy checkpoint's SentencePiece tokenizer
+    tokens_field: str = "tokens"  # used instead where rows carry token ids
+    chat_template: bool = False  # wrap text in Gemma's user turn and open the model turn
+    max_prompt_tokens: int = 64  # longer prompts are dropped (and counted)
+    eval_size: int = 32
+    num_prompts: int = 512  # tiny run only: how many prompts to generate
+
+
+@dataclass
+class RolloutConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 16  # prompts per generate call (each with all its samples)
+    score_batch_size: int = 16  # sequences per scoring forward pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch_size: int = 16  # prompts per step, split over data-parallel ranks
+    eval_every: int = 25  # steps between evaluations (0: only at the start and the end)
+    eval_ref_samples: int = 16  # k reference samples per held-out prompt for quantile/ref
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints (0: only at the end)
+    keep_last: int = 2
+
+
+@dataclass
 class LoggingConfig:
-    wandb_mode: Literal["online", "offline", "disabled"] = "disabled"
+    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
     wandb_project: str = "megatron-bond"
-    log_interval: int = 1
+    progress: bool = True  # a tqdm bar with ETA on rank 0
 
 
 @dataclass
@@ -114,6 +176,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     bond: BondConfig = field(default_factory=BondConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,9 +232,34 @@ class Config:
             f"pp*vpp={stages} must divide model.num_layers={m.num_layers}",
         )
         _require(p.vpp is None or p.pp > 1, "parallel.vpp", "virtual pipeline needs pp > 1")
-        _require(0.0 <= self.bond.beta <= 1.0, "bond.beta", "must lie in [0, 1]")
-        _require(0.0 < self.bond.eta <= 1.0, "bond.eta", "must lie in (0, 1]")
-        _require(self.bond.n >= 1, "bond.n", "must be >= 1")
+        b = self.bond
+        _require(0.0 <= b.beta <= 1.0, "bond.beta", "must lie in [0, 1]")
+        _require(0.0 < b.eta <= 1.0, "bond.eta", "must lie in (0, 1]")
+        _require(b.n >= 1, "bond.n", "must be >= 1")
+        _require(b.k >= 1, "bond.k", "must be >= 1")
+        _require(b.swap_every >= 1, "bond.swap_every", "must be >= 1")
+        _require(b.gamma >= 0.0, "bond.gamma", "must be >= 0 (a negative γ raises KL to the anchor)")
+        _require(b.algorithm != "reinforce" or b.anchor == "fixed", "bond.anchor",
+                 "reinforce keeps its anchor fixed at π_ref: set bond.anchor=fixed")
+        _require(self.reward.ckpt is None or self.reward.function is None, "reward",
+                 "give reward.ckpt or reward.function, not both")
+        _require(self.reward.function is None or ":" in self.reward.function, "reward.function",
+                 f"{self.reward.function!r} must be 'module:function'")
+        t, r, o = self.train, self.rollout, self.optimizer
+        for key, value in (("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
+                           ("train.eval_ref_samples", t.eval_ref_samples), ("rollout.max_new_tokens", r.max_new_tokens),
+                           ("rollout.batch_size", r.batch_size), ("rollout.score_batch_size", r.score_batch_size),
+                           ("reward.batch_size", self.reward.batch_size), ("data.eval_size", self.data.eval_size),
+                           ("data.max_prompt_tokens", self.data.max_prompt_tokens), ("data.num_prompts", self.data.num_prompts),
+                           ("parallel.micro_batch_size", p.micro_batch_size), ("checkpoint.keep_last", self.checkpoint.keep_last)):
+            _require(value >= 1, key, f"must be >= 1, got {value}")
+        for key, value in (("train.eval_every", t.eval_every), ("checkpoint.every", self.checkpoint.every),
+                           ("optimizer.warmup_steps", o.warmup_steps), ("optimizer.clip_grad", o.clip_grad),
+                           ("optimizer.weight_decay", o.weight_decay), ("optimizer.min_lr", o.min_lr)):
+            _require(value >= 0, key, f"must be >= 0, got {value}")
+        _require(o.lr > 0 and o.min_lr <= o.lr, "optimizer.lr", f"must be > 0 and >= optimizer.min_lr ({o.min_lr})")
+        _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
+                 "the leave-one-out baseline needs at least 2 prompts per step")
         return self
 
 
@@ -234,7 +327,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config: override {key}: '{part}' is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"config: override {item!r}: the value is not valid YAML") from None
     return data
 
 
@@ -245,6 +341,11 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"config: recipe {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
     data = apply_overrides(data, list(overrides or []))
     return Config.from_dict(data).validate()

@@ -8,13 +8,13 @@ written by rank 0 in input order.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.jsonl import check_token_ids, read_objects
+from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
 from megatron_bond.models.heads import TokenLogProbHead
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
@@ -34,8 +34,10 @@ def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
     return rows
 
 
-def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
-    """One forward pass through Megatron's schedule; each row's result, on every rank."""
+def forward_rows(chunks, cfg: Config, batch: list[list[int]]) -> torch.Tensor:
+    """One forward pass through Megatron's schedule over right-padded rows, on every rank: per-token
+    log-probs log p(t_i | t_<i) [b, width − 1] (fp32, the fused head), or per-position rewards
+    [b, width] for a reward model. Entries past a row's length are padding."""
     reward = cfg.model.reward_head
     device = next(chunks[0].parameters()).device
     width = max(len(r) for r in batch)
@@ -49,18 +51,28 @@ def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
 
     head = None if reward else TokenLogProbHead(tokens[:, 1:])
     values = forward_once(chunks, lambda model: model(inputs, positions, None, head=head), seq, len(batch))
-    values = broadcast_from_last_stage(None if values is None else values.float(), (len(batch), seq))
-    if reward:
+    return broadcast_from_last_stage(None if values is None else values.float(), (len(batch), seq))
+
+
+def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
+    """Each row's log-probs (list) or reward (float), on every rank."""
+    values = forward_rows(chunks, cfg, batch)
+    if cfg.model.reward_head:
         return [values[i, len(r) - 1].item() for i, r in enumerate(batch)]
     return [values[i, : len(r) - 1].tolist() for i, r in enumerate(batch)]
 
 
-def score_rows(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> list:
-    """Every row's log-probs (or reward), on every rank; rows are spread over data-parallel replicas."""
+def iter_scores(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> Iterator:
+    """Every row's log-probs (or reward), in order, on every rank, as computed (rows are spread over
+    data-parallel replicas). Every rank must consume it."""
     from megatron_bond.runtime.data_parallel import map_over_data_parallel
 
-    with torch.no_grad():
-        return map_over_data_parallel(rows, lambda batch: _forward(chunks, cfg, batch), batch_size)
+    forward = torch.no_grad()(lambda batch: _forward(chunks, cfg, batch))  # per call: a generator would leak it
+    return map_over_data_parallel(rows, forward, batch_size)
+
+
+def score_rows(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> list:
+    return list(iter_scores(chunks, cfg, rows, batch_size))
 
 
 def score(ckpt: str, parallel: ParallelConfig, input_path: str, output_path: str, batch_size: int = 8) -> int:
@@ -74,12 +86,9 @@ def score(ckpt: str, parallel: ParallelConfig, input_path: str, output_path: str
         chunks = load_model_checkpoint(ckpt, cfg)
         for chunk in chunks:
             chunk.eval()
-        results = score_rows(chunks, cfg, rows, batch_size)
-        if torch.distributed.get_rank() == 0:
-            key = "reward" if cfg.model.reward_head else "logprobs"
-            with open(output_path, "w") as f:
-                for value in results:
-                    f.write(json.dumps({key: value}) + "\n")
+        key = "reward" if cfg.model.reward_head else "logprobs"
+        results = ({key: value} for value in iter_scores(chunks, cfg, rows, batch_size))
+        write_jsonl(output_path, results, len(rows), "score", writer=torch.distributed.get_rank() == 0)
     finally:
         destroy_distributed()
     return len(rows)

@@ -1,0 +1,141 @@
+"""`megatron-bond train`: build everything from the config, run the steps, evaluate, save."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from megatron_bond.config import Config, ConfigError
+from megatron_bond.runtime import destroy_distributed, init_distributed
+from megatron_bond.train.evaluate import evaluate
+from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
+from megatron_bond.train.setup import Trainer, build_trainer, resolve_config
+from megatron_bond.train.state import (
+    CHECKPOINTS,
+    StopSignal,
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from megatron_bond.train.step import train_step
+
+POLICY_DIR = "policy"  # the final policy: a model checkpoint that score, generate and the exporter read
+PREEMPTED = "PREEMPTED"  # written when a signal stopped the run early (slurm/jbond_gemma.sh requeues on it)
+
+
+def prepare_output_dir(path: Path) -> bool:
+    """Create the output directory and prove it writable before any process group or model exists.
+    Returns whether this call created it."""
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run.output_dir {path} is not writable ({err.strerror}): choose another directory") from None
+    return created
+
+
+def _first_rank() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def _announce(t: Trainer, resume_from: Path | None, start: int) -> None:
+    cfg, d = t.cfg, t.dist
+    if d.rank != 0:
+        return
+    if resume_from is not None:
+        print(f"resuming from {resume_from} at step {start}", flush=True)
+    b = cfg.bond
+    algo = {"jbond": f"J-BOND β={b.beta} γ={b.gamma} η={b.eta}",
+            "bond": f"BOND N={b.n} k={b.k} β={b.beta} anchor={b.anchor}",
+            "reinforce": f"REINFORCE β_RL={b.beta_rl}"}[b.algorithm]
+    print(f"megatron-bond train: world {d.world_size} = tp {d.tp} × pp {d.pp} × dp {d.dp} ({d.backend}), "
+          f"{cfg.model.family} {cfg.model.num_layers} layers, {cfg.model.params_dtype}; {algo}; "
+          f"{len(t.prompts.train)} training / {len(t.prompts.eval)} held-out prompts "
+          f"({t.prompts.dropped} longer than the limit dropped); {cfg.train.steps} steps of "
+          f"{cfg.train.global_batch_size} prompts -> {cfg.run.output_dir}", flush=True)
+
+
+def save_policy(t: Trainer, out_dir: Path) -> Path:
+    """The trained policy as a model checkpoint (with the source checkpoint's hf/ files beside it)."""
+    from megatron_bond.models.checkpoint import save_model_checkpoint
+
+    target = out_dir / POLICY_DIR
+    if t.dist.rank == 0 and target.exists():
+        shutil.rmtree(target)
+    torch.distributed.barrier()
+    save_model_checkpoint([c.module for c in t.policy], t.cfg, target)
+    if t.dist.rank == 0 and t.cfg.policy.ckpt and (Path(t.cfg.policy.ckpt) / "hf").is_dir():
+        shutil.copytree(Path(t.cfg.policy.ckpt) / "hf", target / "hf")
+    torch.distributed.barrier()
+    return target
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train(cfg: Config) -> Path:
+    """Train from the start, or resume from ``latest`` in run.output_dir. Returns the output directory.
+    On SIGTERM / SIGUSR1 every rank saves a checkpoint and the run returns early (exit 0: Slurm requeues
+    and the next start resumes); ``PREEMPTED`` in the output directory says so."""
+    cfg = resolve_config(cfg)
+    out_dir = Path(cfg.run.output_dir)
+    created = prepare_output_dir(out_dir)
+    try:
+        return _train(cfg, out_dir)
+    except BaseException:
+        # Bad input found while setting up a fresh run leaves nothing behind; a run with checkpoints
+        # keeps everything for the resume.
+        if created and _first_rank() and not (out_dir / CHECKPOINTS).exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: Config, out_dir: Path) -> Path:
+    resume_from = latest_checkpoint(out_dir)
+    if resume_from is not None:
+        check_resumable(resume_from, cfg)  # before any process group or model
+    stop = StopSignal()
+    dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
+    try:
+        t = build_trainer(cfg, dist)
+        start = load_checkpoint(t, resume_from) if resume_from else 0
+        _announce(t, resume_from, start)
+        if dist.rank == 0:
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (out_dir / PREEMPTED).unlink(missing_ok=True)
+        metrics = MetricsLog(cfg, out_dir, dist.rank, start_step=start)
+        last = cfg.train.steps
+        try:
+            if start == 0:
+                metrics.log(evaluate(t, 0))
+            for step in range(start + 1, last + 1):
+                metrics.log(train_step(t, step))
+                if _due(step, cfg.train.eval_every, last):
+                    metrics.log(evaluate(t, step))
+                preempted = stop.agreed()
+                if preempted or _due(step, cfg.checkpoint.every, last):
+                    ckpt = save_checkpoint(t, step, out_dir)
+                if preempted:
+                    if dist.rank == 0:
+                        (out_dir / PREEMPTED).write_text(f"{step}\n")
+                        print(f"stopping on a signal: checkpoint {ckpt} at step {step}; starting the same "
+                              "command again resumes from it", flush=True)
+                    return out_dir
+            policy = save_policy(t, out_dir)
+        finally:
+            metrics.close()
+        if dist.rank == 0:
+            print(f"done: metrics {out_dir / METRICS_FILE}, policy checkpoint {policy}", flush=True)
+        return out_dir
+    finally:
+        stop.restore()
+        destroy_distributed()

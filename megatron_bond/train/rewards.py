@@ -1,0 +1,91 @@
+"""Rewards of sampled responses: a Megatron reward model, a Python function, or the tiny run's rule.
+
+Every reward is called as ``reward(prompts, responses)`` on lists of token-id lists and returns a [n]
+float64 tensor, identical on every rank of a model-parallel group.
+- Reward model: a checkpoint converted by tools/convert_hf_to_megatron.py (a Gemma
+  ForSequenceClassification), loaded at the policy's TP/PP layout; the reward is its scalar head at the
+  last token of prompt + response. Its vocabulary must be the policy's.
+- ``module:function``: ``fn(prompts, responses)`` returning one float per response (for rule-based
+  tasks); a function with a ``tokenizer`` parameter also gets the policy checkpoint's SentencePiece
+  tokenizer (None without one) to decode text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+
+import torch
+
+from megatron_bond.config import Config, ConfigError
+from megatron_bond.scoring import forward_rows
+
+
+def tiny_reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+    """The tiny run's rule: the mean token id of the response over 255, in [0, 1] with many distinct
+    values (higher ids are better), so J-BOND has something to climb on random-token prompts."""
+    return [sum(r) / (255.0 * len(r)) for r in responses]
+
+
+class FunctionReward:
+    def __init__(self, spec: str, tokenizer=None):
+        module, _, name = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"reward.function: cannot load {spec!r} ({err})") from None
+        if not callable(fn):
+            raise ConfigError(f"reward.function: {spec!r} is not callable")
+        self.fn, self.spec = fn, spec
+        self.kwargs = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(fn).parameters else {}
+
+    def __call__(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        values = list(self.fn(prompts, responses, **self.kwargs))
+        if len(values) != len(responses):
+            raise ConfigError(f"reward function {self.spec} returned {len(values)} rewards for {len(responses)} responses")
+        for i, v in enumerate(values):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"reward function {self.spec} returned {v!r} for response {i} "
+                                  f"(tokens {responses[i][:8]}...): rewards must be finite numbers")
+        return torch.tensor(values, dtype=torch.float64)
+
+
+class ModelReward:
+    def __init__(self, chunks, cfg: Config, batch_size: int):
+        self.chunks, self.cfg, self.batch_size = chunks, cfg, batch_size
+        for chunk in chunks:
+            chunk.eval()
+
+    def __call__(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        rows = [p + r for p, r in zip(prompts, responses)]
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                values = forward_rows(self.chunks, self.cfg, batch)
+                out += [values[i, len(r) - 1].double() for i, r in enumerate(batch)]
+        rewards = torch.stack(out).cpu()
+        if not torch.isfinite(rewards).all():
+            raise ConfigError("the reward model returned a non-finite reward: check its checkpoint and dtype")
+        return rewards
+
+
+def build_reward(cfg: Config, tokenizer=None):
+    """The run's reward (after init_distributed: a reward model loads at the policy's layout)."""
+    r = cfg.reward
+    if r.function:
+        return FunctionReward(r.function, tokenizer)
+    if r.ckpt:
+        from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
+
+        rcfg = read_checkpoint_config(r.ckpt, cfg.parallel)
+        if not rcfg.model.reward_head:
+            raise ConfigError(f"reward.ckpt {r.ckpt} is not a reward model (convert a *ForSequenceClassification)")
+        if rcfg.model.vocab_size != cfg.model.vocab_size:
+            raise ConfigError(f"reward.ckpt {r.ckpt} has vocabulary {rcfg.model.vocab_size}, the policy "
+                              f"{cfg.model.vocab_size}: the reward model must share the policy's tokenizer")
+        return ModelReward(load_model_checkpoint(r.ckpt, rcfg), rcfg, r.batch_size)
+    if cfg.policy.ckpt:
+        raise ConfigError("reward: a run from a policy checkpoint needs reward.ckpt or reward.function")
+    return FunctionReward("megatron_bond.train.rewards:tiny_reward")

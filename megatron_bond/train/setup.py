@@ -1,0 +1,164 @@
+"""Everything a training step needs, built from the config: the policy (megatron-core DDP, optimizer, LR
+scheduler), the anchor and π_ref, the reward, the prompts and their order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_bond.config import Config, ConfigError
+from megatron_bond.runtime import DistEnv
+from megatron_bond.train.anchor import Anchor, ReferenceWeights
+from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
+from megatron_bond.train.rewards import build_reward
+
+TINY_STOP_IDS = (1,)  # eos of the tiny run's vocabulary (pad/eos/bos/unk = 0/1/2/3, as Gemma)
+
+
+def resolve_config(cfg: Config) -> Config:
+    """The config a run trains with (before any process group): the architecture of the policy
+    checkpoint when there is one, and the training dtype. Saved as the run's config.yaml."""
+    model = cfg.model
+    if cfg.policy.ckpt:
+        from megatron_bond.models.checkpoint import read_checkpoint_config
+
+        model = read_checkpoint_config(cfg.policy.ckpt).model
+    dtype = cfg.policy.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    if dtype == "bfloat16" and not torch.cuda.is_available():
+        raise ConfigError("policy.dtype: bfloat16 training needs CUDA (megatron-core's mixed-precision "
+                          "optimizer takes CUDA tensors only): use float32 on CPU")
+    if model.reward_head:
+        raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, params_dtype=dtype)).validate()
+
+
+def check_layout(cfg: Config, dist: DistEnv) -> None:
+    """What the world size decides: the batch split over data-parallel ranks and into microbatches."""
+    t, p = cfg.train, cfg.parallel
+    if t.global_batch_size % dist.dp:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by the "
+                          f"data-parallel size {dist.dp} (world {dist.world_size} / tp·pp {p.tp * p.pp})")
+    sequences = 2 * t.global_batch_size // dist.dp  # two training sequences per prompt
+    if sequences % p.micro_batch_size:
+        raise ConfigError(f"parallel.micro_batch_size ({p.micro_batch_size}) must divide the {sequences} "
+                          f"training sequences per data-parallel rank (2 per prompt)")
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    dist: DistEnv
+    policy: list  # megatron-core DDP-wrapped model chunks
+    optimizer: object
+    scheduler: object
+    anchor: Anchor
+    ref: ReferenceWeights
+    reward: object
+    prompts: Prompts
+    order: PromptOrder
+    stop_ids: tuple[int, ...]
+    tokenizer: object | None
+    eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts (fixed seeds)
+
+
+def _finalize_summed(model, num_tokens, **kwargs):
+    """megatron-core's finalize_model_grads (data-parallel reduction, tied embeddings across stages)
+    without its division by the token count: the per-token weights already carry the global 1/B."""
+    from megatron.core.distributed import finalize_model_grads
+
+    finalize_model_grads(model, None, **kwargs)
+
+
+def _policy_chunks(cfg: Config) -> list:
+    from megatron_bond.models.checkpoint import load_model_checkpoint
+    from megatron_bond.models.gpt import build_model
+    from megatron_bond.models.layout import init_layout_invariant
+
+    if cfg.policy.ckpt:
+        return load_model_checkpoint(cfg.policy.ckpt, cfg)
+    chunks = build_model(cfg)
+    init_layout_invariant(chunks, cfg.run.seed)  # the same tiny policy at every layout
+    return chunks
+
+
+def _optimizer(cfg: Config, model: list):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o, bf16 = cfg.optimizer, cfg.model.params_dtype == "bfloat16"
+    optimizer = get_megatron_optimizer(OptimizerConfig(
+        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=_distributed_optimizer(cfg),
+    ), model)
+    steps = cfg.train.steps
+    # One unit: optimizer steps. Step t (from 1) trains at the LR of num_steps = t (warm-up lr·t/W).
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.warmup_steps,
+        lr_decay_steps=max(steps, o.warmup_steps + 1), lr_decay_style=o.decay_style,
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=max(steps, 1), wd_incr_style="constant",
+    )
+    return optimizer, scheduler
+
+
+def _distributed_optimizer(cfg: Config) -> bool:
+    wanted = cfg.optimizer.distributed
+    if wanted and not torch.cuda.is_available():
+        raise ConfigError("optimizer.distributed needs CUDA (megatron-core's distributed optimizer refuses CPU tensors)")
+    return torch.cuda.is_available() if wanted is None else wanted
+
+
+def _wrap_ddp(cfg: Config, chunks: list) -> list:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    config = chunks[0].config  # shared by the chunks
+    # Per-token-loss mode: the schedule does not divide by the number of microbatches and DDP sums over
+    # data-parallel ranks (weights.py explains why the sum is right).
+    config.calculate_per_token_loss = True
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=_distributed_optimizer(cfg))
+    model = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
+    config.finalize_model_grads_func = _finalize_summed
+    config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+    return model
+
+
+def _side_files(cfg: Config):
+    """(tokenizer or None, bos id or None, stop ids) from the policy checkpoint's hf/ directory."""
+    if not cfg.policy.ckpt:
+        return None, 2, TINY_STOP_IDS
+    from megatron_bond.rollout.cli_io import load_tokenizer
+
+    hf = Path(cfg.policy.ckpt) / "hf" / "config.json"
+    hf_config = json.loads(hf.read_text()) if hf.is_file() else {}
+    eos = hf_config.get("eos_token_id")
+    stop_ids = tuple([] if eos is None else eos if isinstance(eos, list) else [eos])
+    return load_tokenizer(cfg.policy.ckpt), hf_config.get("bos_token_id"), stop_ids
+
+
+def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
+    from megatron_bond.models.gpt import build_model
+    from megatron.core import parallel_state as ps
+
+    check_layout(cfg, dist)
+    tokenizer, bos_id, stop_ids = _side_files(cfg)
+    # Every rank reads the prompts (the datasets cache is written once, by rank 0 first).
+    if dist.rank == 0:
+        prompts = load_prompts(cfg, tokenizer, bos_id)
+    torch.distributed.barrier()
+    if dist.rank != 0:
+        prompts = load_prompts(cfg, tokenizer, bos_id)
+    policy = _wrap_ddp(cfg, _policy_chunks(cfg))
+    optimizer, scheduler = _optimizer(cfg, policy)
+    anchor = Anchor(build_model(cfg, initialize=False), policy, optimizer, ps.get_data_parallel_group())
+    reward = build_reward(cfg, tokenizer)
+    return Trainer(cfg=cfg, dist=dist, policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
+                   ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
+                   order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=tokenizer)

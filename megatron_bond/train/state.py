@@ -1,0 +1,219 @@
+"""Training checkpoints: everything a step depends on, written atomically, resumed automatically.
+
+    OUT/checkpoints/step_0000100/
+        dist/                 megatron-core dist_checkpointing: policy weights ("policy." keys), the anchor's
+                              fp32 EMA shadow ("anchor." keys), the optimizer state in model space (reshards
+                              across TP / PP / DP)
+        rng/pp{p}_tp{t}_dp{d}.pt   each rank's Python, numpy, torch (CPU, CUDA) and Megatron tracker RNG state
+        trainer.json          step, LR scheduler, data position (epoch, index, shuffle seed)
+        config.json           the resolved config the run trained with
+    OUT/checkpoints/latest    the name of the newest complete checkpoint, written last
+
+Atomicity: every rank writes into ``.step_N.partial``; after a barrier (all ranks done) rank 0 renames it
+to ``step_N`` and then replaces ``latest`` (write a temporary file, os.replace): a crash at any moment
+leaves ``latest`` naming a complete checkpoint. Older checkpoints beyond ``checkpoint.keep_last`` are
+removed only after ``latest`` moved. Partial directories of a crash are removed at the next save.
+
+The sampler needs no state here: its seeds derive from (run seed, step, prompt index) (train/samples.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+from megatron_bond.config import Config, ConfigError
+from megatron_bond.models.checkpoint import check_complete
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+FAULT_ENV = "MEGATRON_BOND_FAULT"  # tests: "<step>:<point>" makes rank 0 die there (os._exit), see _fault
+
+
+def _fault(step: int, point: str) -> None:
+    """Fault injection for the crash-consistency tests: die like kill -9 of the job (this process and
+    the checkpoint writers it started) at a named point of one save."""
+    if os.environ.get(FAULT_ENV) == f"{step}:{point}" and torch.distributed.get_rank() == 0:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+        os._exit(137)
+
+
+def _unwrap(chunk):
+    return chunk.module if hasattr(chunk, "module") else chunk
+
+
+def _policy_state(t) -> dict:
+    return {f"chunk{i}": _unwrap(c).sharded_state_dict(prefix="policy.") for i, c in enumerate(t.policy)}
+
+
+def _anchor_state(t, fulls: list) -> dict:
+    """The anchor model's sharded state dict with each parameter's data replaced by its whole fp32
+    shadow (``Anchor.full_shadows()``), so the EMA state is saved in fp32 under "anchor." keys and
+    reshards like the policy."""
+    shadows = {p.data_ptr(): s for p, s in fulls}
+    out = {}
+    for i, chunk in enumerate(t.anchor.chunks):
+        for key, value in chunk.sharded_state_dict(prefix="anchor.").items():
+            if isinstance(value, (ShardedTensor, ShardedTensorFactory)) and value.data.data_ptr() in shadows:
+                full = shadows[value.data.data_ptr()]
+                extra = {"dtype": full.dtype} if isinstance(value, ShardedTensor) else {}
+                out[f"chunk{i}.{key}"] = dataclasses.replace(value, data=full, **extra)
+    return out
+
+
+def _state(t, is_loading: bool, fulls: list) -> dict:
+    policy = _policy_state(t)
+    return {"policy": policy, "anchor": _anchor_state(t, fulls),
+            "optimizer": t.optimizer.sharded_state_dict(policy, is_loading=is_loading)}
+
+
+def _rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_file(dist) -> str:
+    return f"pp{dist.pp_rank}_tp{dist.tp_rank}_dp{dist.dp_rank}.pt"
+
+
+def save_checkpoint(t, step: int, out_dir: Path) -> Path:
+    """Collective: every rank writes its part; returns the checkpoint directory."""
+    root = Path(out_dir) / CHECKPOINTS
+    name = f"step_{step:07d}"
+    tmp, final = root / f".{name}.partial", root / name
+    if t.dist.rank == 0:
+        for stale in root.glob(".*.partial"):
+            shutil.rmtree(stale)
+        (tmp / "rng").mkdir(parents=True)
+        (tmp / "dist").mkdir()
+    torch.distributed.barrier()
+    dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"))
+    torch.save(_rng_state(), tmp / "rng" / _rng_file(t.dist))
+    _fault(step, "after_tensors")
+    if t.dist.rank == 0:
+        trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
+                   "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}}
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+        (tmp / "config.json").write_text(json.dumps(t.cfg.to_dict(), indent=2))
+    torch.distributed.barrier()  # every rank's files are complete
+    if t.dist.rank == 0:
+        _fault(step, "before_rename")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fault(step, "before_latest")
+        pointer = root / f".{LATEST}.tmp"
+        pointer.write_text(name)
+        os.replace(pointer, root / LATEST)
+        _fault(step, "after_latest")
+        kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+        for old in kept[: -t.cfg.checkpoint.keep_last]:
+            shutil.rmtree(old)
+    torch.distributed.barrier()
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or None for a fresh run; a pointer to a missing directory is
+    an error (something deleted it), not a silent restart."""
+    pointer = Path(out_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    ckpt = pointer.parent / pointer.read_text().strip()
+    if not (ckpt / "trainer.json").is_file() or not (ckpt / "config.json").is_file():
+        raise ConfigError(f"{pointer} names {ckpt.name}, which is missing or incomplete: restore it, or point "
+                          "latest at an older step_* directory")
+    check_complete(ckpt / "dist")
+    return ckpt
+
+
+def check_resumable(ckpt: Path, cfg: Config) -> None:
+    """Same model, same algorithm, same data: only the layout (and the step budget, logging) may change."""
+    saved = Config.from_dict(json.loads((ckpt / "config.json").read_text()))
+    for section in ("model", "bond", "data", "rollout"):
+        if getattr(saved, section) != getattr(cfg, section):
+            old, new = dataclasses.asdict(getattr(saved, section)), dataclasses.asdict(getattr(cfg, section))
+            diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
+            raise ConfigError(f"cannot resume from {ckpt}: {section} differs from the recipe ({diff}); "
+                              "use a new run.output_dir for a different run")
+    if saved.run.seed != cfg.run.seed or saved.train.global_batch_size != cfg.train.global_batch_size:
+        raise ConfigError(f"cannot resume from {ckpt}: run.seed and train.global_batch_size must stay as saved "
+                          f"({saved.run.seed}, {saved.train.global_batch_size})")
+
+
+def load_checkpoint(t, ckpt: Path) -> int:
+    """Collective: restore every piece of state into the built trainer; returns the step it was at."""
+    check_resumable(ckpt, t.cfg)
+    trainer = json.loads((ckpt / "trainer.json").read_text())
+    fulls = t.anchor.full_shadows()
+    template = _state(t, True, fulls)
+    anchor_keys = {value.data.data_ptr(): key for key, value in template["anchor"].items()}
+    state = dist_checkpointing.load(template, str(ckpt / "dist"))
+    for i, chunk in enumerate(t.policy):
+        prefix = "policy."
+        _unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.anchor.load_full_shadows([(p, state["anchor"][anchor_keys[s.data_ptr()]]) for p, s in fulls])
+    t.scheduler.load_state_dict(trainer["scheduler"])
+    t.order.load_state_dict(trainer["order"])
+    rng = ckpt / "rng" / _rng_file(t.dist)
+    if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp} and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    elif t.dist.rank == 0:
+        print(f"resuming at another layout than saved ({trainer['layout']}): RNG streams start from run.seed "
+              "(rollout seeds derive from the step and do not change)", flush=True)
+    return trainer["step"]
+
+
+class StopSignal:
+    """SIGTERM and SIGUSR1 (Slurm's warning before preemption or the time limit, `scancel --signal=USR1`)
+    only set a flag; at the end of each step every rank joins one all-reduce (MAX), so all ranks agree
+    to checkpoint and stop even when only one of them received the signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def agreed(self) -> bool:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        flag = torch.tensor([0 if self.received is None else 1], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,143 @@
+"""One J-BOND / BOND / REINFORCE step, top to bottom (docs/training.md has the equation of each line).
+
+prompts → rollouts (policy, anchor) → rewards → log-probs through the fused scoring head → per-token
+weights from megatron_bond.bond → one optimizer step through the fused training head inside
+megatron-core's schedule → anchor update → metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_bond.models.heads import WeightedLossHead
+from megatron_bond.runtime.pipeline import broadcast_from_last_stage
+from megatron_bond.train.samples import response_logprobs, sample_responses
+from megatron_bond.train.setup import Trainer
+from megatron_bond.train.weights import (
+    GlobalBatch,
+    best_anchor_index,
+    samples_per_prompt,
+    sequence_coefficients,
+    token_weights,
+)
+
+
+def train_step(t: Trainer, step: int) -> dict:
+    cfg, dist = t.cfg, t.dist
+    batch_ids = t.order.next_batch(cfg.train.global_batch_size)
+    share = len(batch_ids) // dist.dp
+    first = dist.dp_rank * share  # this data-parallel rank's slice of the global batch
+    prompts = [t.prompts.train[i] for i in batch_ids[first : first + share]]
+    n_policy, n_anchor = samples_per_prompt(cfg.bond)
+    start = time.perf_counter()
+
+    # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor.
+    y = sample_responses(t.policy, cfg, prompts, n_policy, (cfg.run.seed, step, "policy"), first, t.stop_ids)
+    y_anchor = (sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"),
+                                 first, t.stop_ids) if n_anchor else [[] for _ in prompts])
+    rollout_done = time.perf_counter()
+
+    # 2. Rewards r(y), r(y'_j).
+    flat_prompts = [p for p in prompts for _ in range(n_policy)]
+    flat_y = [r for rs in y for r in rs]
+    r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
+    r_anchor = (t.reward([p for p in prompts for _ in range(n_anchor)], [r for rs in y_anchor for r in rs])
+                .view(share, n_anchor) if n_anchor else torch.zeros(share, 0, dtype=torch.float64))
+
+    # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's).
+    logp = response_logprobs(t.policy, cfg, flat_prompts, flat_y).view(share, n_policy)
+    logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
+    score_done = time.perf_counter()
+
+    # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share.
+    batch = GlobalBatch(*(_gather_dp(x) for x in (logp, logp_anchor, r_policy, r_anchor)))
+    coef, terms = sequence_coefficients(cfg.bond, batch)
+    coef = coef[first : first + share]
+    if cfg.bond.algorithm == "reinforce":
+        train_y = [rs[j] for rs in y for j in range(2)]
+    else:
+        best = best_anchor_index(cfg.bond, r_anchor).tolist()
+        train_y = [r for rs, rb, b in zip(y, y_anchor, best) for r in (rs[0], rb[b])]
+    train_prompts = [p for p in prompts for _ in range(2)]
+
+    # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
+    loss, grad_norm, lr, ok, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
+    train_done = time.perf_counter()
+
+    # 6. The anchor follows the policy: EMA in fp32 (J-BOND), or a swap every M steps (iterative BOND).
+    if ok and cfg.bond.anchor == "ema":
+        t.anchor.ema_(cfg.bond.eta)
+    elif ok and cfg.bond.anchor == "swap" and step % cfg.bond.swap_every == 0:
+        t.anchor.copy_policy_()
+
+    # 7. Metrics of the global batch.
+    lengths = _gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
+    return {
+        "step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "update_ok": ok,
+        "reward/policy": batch.r_policy.mean().item(),
+        "reward/anchor": batch.r_anchor.mean().item() if n_anchor else None,
+        "kl/anchor": (batch.logp - batch.logp_anchor).mean().item(),
+        "length/policy": lengths.mean().item(),
+        **{k: v.item() for k, v in terms.items()},
+        "time/rollout": rollout_done - start, "time/score": score_done - rollout_done,
+        "time/train": train_done - score_done,
+        "tokens_per_s": tokens / (train_done - start),
+    }
+
+
+def _gather_dp(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-rank [share, ...] tensor over data-parallel ranks, in rank order."""
+    if ps.get_data_parallel_world_size() == 1:
+        return x
+    x = x.to("cuda" if torch.cuda.is_available() else "cpu")  # NCCL gathers device tensors
+    parts = [torch.empty_like(x) for _ in range(ps.get_data_parallel_world_size())]
+    torch.distributed.all_gather(parts, x, group=ps.get_data_parallel_group())
+    return torch.cat(parts).cpu()
+
+
+def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor):
+    """Forward and backward of Σ_t w_t·log π(y_t) over this rank's sequences in microbatches (gradient
+    accumulation; 1F1B under PP), data-parallel reduction, then one Adam step with clipping.
+    Returns (loss of the global batch, grad norm, lr, whether the step was applied, tokens trained)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    cfg = t.cfg
+    device = next(t.policy[0].parameters()).device
+    rows = [p + r for p, r in zip(prompts, responses)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), cfg.model.pad_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], width - 1)
+    tokens, weights = tokens.to(device), weights.to(device)
+    mbs = cfg.parallel.micro_batch_size
+    micro = [{"tokens": tokens[i : i + mbs], "weights": weights[i : i + mbs]} for i in range(0, len(rows), mbs)]
+    positions = torch.arange(width - 1, device=device).expand(mbs, width - 1)
+
+    def forward_step(data_iterator, model):
+        b = next(data_iterator)
+        out = model(b["tokens"][:, :-1], positions, None, head=WeightedLossHead(b["tokens"][:, 1:], b["weights"]))
+        counted = (b["weights"] != 0).sum().to(torch.int)
+        # Three outputs: Megatron's per-token-loss convention (the sum is taken as it is, see weights.py).
+        return out, lambda value: (value, counted, {"loss": value.detach()})
+
+    for chunk in t.policy:
+        chunk.train()
+        chunk.zero_grad_buffer()
+    t.optimizer.zero_grad()
+    out = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(micro), model=t.policy, num_microbatches=len(micro),
+        seq_length=width - 1, micro_batch_size=mbs, forward_only=False,
+    )
+    loss = torch.stack([o["loss"] for o in out]).sum().reshape(1).float() if ps.is_pipeline_last_stage() else None
+    loss = broadcast_from_last_stage(loss, (1,))
+    torch.distributed.all_reduce(loss, group=ps.get_data_parallel_group())
+    t.scheduler.step(increment=1)
+    lr = t.optimizer.param_groups[0]["lr"]
+    ok, grad_norm, _ = t.optimizer.step()
+    trained = torch.tensor([float(sum(len(r) for r in rows))], device=device)
+    torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
+    return loss.item(), float(grad_norm) if grad_norm is not None else None, lr, bool(ok), trained.item()
