@@ -1,0 +1,144 @@
+"""Checkpoints that resume exactly: `megatron-bond train` killed (kill -9 at a random step, or inside a
+checkpoint write), or stopped by SIGUSR1, then started again with the same command, writes the same
+metrics.jsonl as a run that was never interrupted (bit for bit on CPU in fp32: every number but the
+timings); a checkpoint saved at TP=2 resumes at TP=1 and PP=2."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.distributed.train_bodies import LOSS_DEPTH, TERMS
+from tests.harness import ROOT
+from tests.tolerances import assert_reorder_close
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 8
+ARGS = ["recipes/tiny_cpu.yaml", f"train.steps={STEPS}", "checkpoint.every=2", "checkpoint.keep_last=2",
+        "train.global_batch_size=4", "rollout.max_new_tokens=4", "data.num_prompts=32", "data.eval_size=4",
+        "train.eval_ref_samples=2", "train.eval_every=4", "logging.wandb_mode=disabled", "logging.progress=false"]
+UNTIMED = lambda row: {k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_s"}  # noqa: E731
+
+
+def _env(extra=None):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(extra or {})}
+
+
+def _command(out, nproc: int, extra: list[str]) -> list[str]:
+    launcher = [sys.executable, "-m", "megatron_bond.cli"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                    "-m", "megatron_bond.cli"]
+    return [*launcher, "train", *ARGS, f"run.output_dir={out}", *extra]
+
+
+def train(out, *extra, nproc: int = 1, env=None, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(out, nproc, list(extra)), cwd=ROOT, env=_env(env), capture_output=True,
+                          text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def start(out, *extra) -> subprocess.Popen:
+    return subprocess.Popen(_command(out, 1, list(extra)), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def wait_for_step(proc, out, step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").exists() and any(r["step"] >= step and not r.get("eval") for r in rows(out)):
+            return
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def kill_all(proc) -> None:
+    """kill -9 of the run and every process it started (torchrun workers and checkpoint writers
+    live in sessions of their own)."""
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def latest(out) -> str:
+    return (out / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(out)
+    assert [r["step"] for r in rows(out) if not r.get("eval")] == list(range(1, STEPS + 1))
+    return [UNTIMED(r) for r in rows(out)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_step_then_resume_is_exact(reference, tmp_path, seed):
+    kill_at = random.Random(seed).randint(3, STEPS - 1)  # after the first checkpoint (step 2) is complete
+    proc = start(tmp_path)
+    wait_for_step(proc, tmp_path, kill_at)
+    kill_all(proc)
+    done = train(tmp_path)
+    assert "resuming from" in done.stdout
+    assert [UNTIMED(r) for r in rows(tmp_path)] == reference
+
+
+@pytest.mark.parametrize("point,kept", [("after_tensors", "step_0000002"), ("before_rename", "step_0000002"),
+                                        ("before_latest", "step_0000002"), ("after_latest", "step_0000004")])
+def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path, point, kept):
+    done = train(tmp_path, env={"MEGATRON_BOND_FAULT": f"4:{point}"}, check=False)
+    assert done.returncode == 137, done.stderr[-2000:]
+    assert latest(tmp_path) == kept
+    train(tmp_path)
+    assert [UNTIMED(r) for r in rows(tmp_path)] == reference
+    assert not list((tmp_path / "checkpoints").glob(".*.partial"))
+
+
+def test_sigusr1_checkpoints_exits_0_and_resumes(reference, tmp_path):
+    proc = start(tmp_path)
+    wait_for_step(proc, tmp_path, 3)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    stopped = int((tmp_path / "PREEMPTED").read_text())
+    assert 3 <= stopped < STEPS and latest(tmp_path) == f"step_{stopped:07d}"
+    train(tmp_path)
+    assert not (tmp_path / "PREEMPTED").exists()
+    assert [UNTIMED(r) for r in rows(tmp_path)] == reference
+
+
+def test_resume_at_another_layout(tmp_path):
+    """Saved at TP=2 (step 4 of 5), resumed at TP=1 and at PP=2: step 5 equals the TP=2 run's step 5
+    within the layout tests' reordering bound (the restored state is bit-identical; only the order of
+    the sums of step 5 changes)."""
+    five = ["train.steps=5"]
+    train(tmp_path / "tp2", *five, "parallel.tp=2", nproc=2)
+    (step5,) = [r for r in rows(tmp_path / "tp2") if r["step"] == 5 and not r.get("eval")]
+    for name, layout, nproc in (("tp1", [], 1), ("pp2", ["parallel.pp=2"], 2)):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "tp2", out)
+        shutil.rmtree(out / "checkpoints" / "step_0000005")
+        (out / "checkpoints" / "latest").write_text("step_0000004")
+        done = train(out, *five, *layout, nproc=nproc)
+        assert "another layout" in done.stdout
+        (got,) = [r for r in rows(out) if r["step"] == 5 and not r.get("eval")]
+        assert got["reward/policy"] == step5["reward/policy"]
+        assert_reorder_close(got["loss"], step5["loss"], TERMS, LOSS_DEPTH, f"step 5 loss at {name}")
