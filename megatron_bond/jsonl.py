@@ -4,7 +4,8 @@ and the check that a row's token ids fit the model."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from megatron_bond.config import ConfigError
@@ -30,3 +31,31 @@ def check_token_ids(tokens, vocab_size: int, where: str) -> None:
     if not isinstance(tokens, list) or not tokens or not all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in tokens):
         raise ConfigError(f"{where}: tokens must be a non-empty list of ids in [0, {vocab_size})")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict], total: int, desc: str, writer: bool) -> None:
+    """Consume ``rows`` (on every rank: they come from collectives); the ``writer`` rank streams them
+    into a hidden ``.NAME.partial`` beside ``path`` with a progress bar, renamed to ``path`` only once
+    complete, so a failed or interrupted run leaves no truncated output."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial"
+    out = open(tmp, "w") if writer else None
+    bar = None
+    if writer:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)
+    try:
+        for row in rows:
+            if out is not None:
+                out.write(json.dumps(row) + "\n")
+                bar.update()
+    except BaseException:
+        if out is not None:
+            out.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if out is not None:
+        out.close()
+        bar.close()
+        os.replace(tmp, path)

@@ -25,10 +25,12 @@ class SafetensorsReader:
     def __init__(self, hf_dir: Path):
         index = hf_dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{index}: not a safetensors index (JSON with a weight_map)") from None
         elif (hf_dir / "model.safetensors").is_file():
-            with safe_open(hf_dir / "model.safetensors", framework="pt") as f:
-                weight_map = {k: "model.safetensors" for k in f.keys()}
+            weight_map = {k: "model.safetensors" for k in _open(hf_dir / "model.safetensors").keys()}
         else:
             raise ConfigError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
         missing = sorted({f for f in weight_map.values() if not (hf_dir / f).is_file()})
@@ -43,14 +45,25 @@ class SafetensorsReader:
     def _file(self, key: str):
         name = self.weight_map[key]
         if name not in self._open:
-            self._open[name] = safe_open(self.dir / name, framework="pt")
+            self._open[name] = _open(self.dir / name)
         return self._open[name]
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._file(key).get_slice(key).get_shape())
 
     def get(self, key: str) -> torch.Tensor:
-        return self._file(key).get_tensor(key)
+        try:
+            return self._file(key).get_tensor(key)
+        except Exception as err:  # safetensors raises its own error types for damaged data
+            raise ConfigError(f"{self.dir / self.weight_map[key]}: cannot read {key} ({err})") from None
+
+
+def _open(path: Path):
+    """safe_open with a one-line error for a truncated or damaged file."""
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as err:  # SafetensorError and OSError alike
+        raise ConfigError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 class SafetensorsWriter:

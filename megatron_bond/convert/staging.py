@@ -29,7 +29,10 @@ def staged_output(out_dir: str | Path, overwrite: bool, inputs: tuple[str | Path
         raise ConfigError(f"{out} already exists: pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"--out-dir {out_dir}: cannot write there ({err.strerror})") from None
     try:
         yield tmp
     except BaseException:

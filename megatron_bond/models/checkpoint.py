@@ -39,16 +39,43 @@ def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{ckpt_dir}: not a megatron-bond checkpoint (no {CONFIG_FILE})")
-    cfg = Config.from_dict(json.loads(path.read_text()))
+    try:
+        cfg = Config.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if parallel is not None:
         cfg = dataclasses.replace(cfg, parallel=parallel)
     return cfg.validate()
+
+
+def check_complete(dist_dir: str | Path) -> None:
+    """A distributed checkpoint directory holds every file its metadata names, each long enough for
+    the bytes it should hold (a missing or truncated shard is a one-line error, not a per-rank traceback)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    dist_dir = Path(dist_dir)
+    if not (dist_dir / ".metadata").is_file() or not (dist_dir / "metadata.json").is_file():
+        raise ConfigError(f"{dist_dir}: not a complete distributed checkpoint (no .metadata / metadata.json)")
+    try:
+        storage = FileSystemReader(str(dist_dir)).read_metadata().storage_data
+    except Exception as err:  # a corrupt metadata file: any unpickling error
+        raise ConfigError(f"{dist_dir}/.metadata is unreadable ({type(err).__name__}): the checkpoint is damaged") from None
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = dist_dir / name
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: the checkpoint is incomplete")
+        if path.stat().st_size < size:
+            raise ConfigError(f"{path} is truncated ({path.stat().st_size} of {size} bytes): the checkpoint is incomplete")
 
 
 def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights."""
     from megatron_bond.models.gpt import build_model
 
+    check_complete(Path(ckpt_dir) / "model")
     chunks = build_model(cfg, initialize=False)
     state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):

@@ -13,11 +13,23 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "silu
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
+REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+
+
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{hf_dir}: no config.json (is this a Hugging Face model directory?)")
-    return json.loads(path.read_text())
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got a {type(hf).__name__}")
+    missing = [k for k in REQUIRED if not isinstance(hf.get(k), int)] if hf.get("model_type") in FAMILIES else []
+    if missing:
+        raise ConfigError(f"{path}: missing or non-integer {', '.join(repr(k) for k in missing)}")
+    return hf
 
 
 def _rope(hf: dict, layer_type: str) -> dict:

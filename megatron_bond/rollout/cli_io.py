@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import ConfigError, ParallelConfig
-from megatron_bond.jsonl import check_token_ids, read_objects
+from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
+from megatron_bond.rollout.generate import check_context
 from megatron_bond.rollout.sampling import SamplingParams
 
 
@@ -45,13 +46,20 @@ def generate_file(args) -> int:
     from megatron_bond.runtime import destroy_distributed, init_distributed
     from megatron_bond.runtime.data_parallel import map_over_data_parallel
 
-    params = SamplingParams(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    params = SamplingParams(greedy=args.greedy, temperature=1.0 if args.temperature is None else args.temperature,
+                            top_k=args.top_k or 0, top_p=1.0 if args.top_p is None else args.top_p)
     cfg = read_checkpoint_config(args.ckpt, ParallelConfig(tp=args.tp, pp=args.pp))
-    hf_config = json.loads((Path(args.ckpt) / "hf" / "config.json").read_text())
+    hf_file = Path(args.ckpt) / "hf" / "config.json"  # absent for a model trained from scratch
+    hf_config = json.loads(hf_file.read_text()) if hf_file.is_file() else {}
     tokenizer = load_tokenizer(args.ckpt)
     prompts = read_prompts(args.input, tokenizer, hf_config.get("bos_token_id"), cfg.model.vocab_size)
     eos = hf_config.get("eos_token_id")
     stop_ids = tuple(args.stop_id or ([] if eos is None else eos if isinstance(eos, list) else [eos]))
+    bad = [s for s in stop_ids if not 0 <= s < cfg.model.vocab_size]
+    if bad:
+        raise ConfigError(f"--stop-id {bad[0]} is outside the vocabulary [0, {cfg.model.vocab_size})")
+    for i, prompt in enumerate(prompts):
+        check_context(len(prompt), args.max_new_tokens, cfg.model.max_seq_length, f"{args.input}: prompt {i + 1}")
     init_distributed(cfg.parallel, seed=args.seed)
     try:
         chunks = load_model_checkpoint(args.ckpt, cfg)
@@ -62,14 +70,14 @@ def generate_file(args) -> int:
             out = generate(chunks, cfg, batch, args.max_new_tokens, params, next(seeds), stop_ids)
             return list(zip(out.responses, out.logprobs))
 
-        results = map_over_data_parallel(prompts, run, args.batch_size)
-        if torch.distributed.get_rank() == 0:
-            with open(args.output, "w") as f:
-                for prompt, (response, logprobs) in zip(prompts, results):
-                    row = {"prompt_tokens": prompt, "tokens": response, "logprobs": logprobs}
-                    if tokenizer is not None:
-                        row["text"] = tokenizer.decode(response)
-                    f.write(json.dumps(row) + "\n")
+        def rows():
+            for prompt, (response, logprobs) in zip(prompts, map_over_data_parallel(prompts, run, args.batch_size)):
+                row = {"prompt_tokens": prompt, "tokens": response, "logprobs": logprobs}
+                if tokenizer is not None:
+                    row["text"] = tokenizer.decode(response)
+                yield row
+
+        write_jsonl(args.output, rows(), len(prompts), "generate", writer=torch.distributed.get_rank() == 0)
     finally:
         destroy_distributed()
     return len(prompts)

@@ -29,6 +29,12 @@ class Rollout:
     logprobs: list[list[float]]  # the sampler's log-prob of each response token (see sampling.py)
 
 
+def check_context(prompt_len: int, max_new_tokens: int, max_seq_length: int, where: str) -> None:
+    if prompt_len + max_new_tokens > max_seq_length:
+        raise ConfigError(f"{where} ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
+                          f"model's max_seq_length ({max_seq_length})")
+
+
 def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
              seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
     from megatron.core.inference.contexts import StaticInferenceContext
@@ -41,9 +47,7 @@ def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int,
     b = len(prompts)
     plen = torch.tensor([len(p) for p in prompts], device=device)
     total = int(plen.max()) + max_new_tokens
-    if total > cfg.model.max_seq_length:
-        raise ConfigError(f"prompt ({int(plen.max())}) + max_new_tokens ({max_new_tokens}) exceed the "
-                          f"model's max_seq_length ({cfg.model.max_seq_length})")
+    check_context(int(plen.max()), max_new_tokens, cfg.model.max_seq_length, "prompt")
     buf = torch.full((b, total), cfg.model.pad_token_id, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         buf[i, : len(p)] = torch.tensor(p, device=device)

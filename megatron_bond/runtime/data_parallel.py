@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 
-def map_over_data_parallel(items: Sequence, fn: Callable[[list], list], batch_size: int) -> list:
-    """``fn`` on batches of this replica's items (every dp-th item); every rank gets all results."""
+def map_over_data_parallel(items: Sequence, fn: Callable[[list], list], batch_size: int) -> Iterator:
+    """Yield ``fn``'s result for every item, in input order, on every rank, as they are computed.
+
+    Items go out in global chunks of ``batch_size`` per replica: replica r runs ``fn`` on its part of
+    the chunk (the ranks of one replica together, for their model-parallel collectives), then every rank
+    gathers the chunk's results. Every rank must consume the iterator (it is made of collectives)."""
     from megatron.core import parallel_state as ps
 
-    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    mine = list(range(rank, len(items), dp))
-    results = {}
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start : start + batch_size]
-        results.update(zip(idx, fn([items[i] for i in idx])))
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, results)
-    merged = {k: v for part in gathered for k, v in part.items()}
-    return [merged[i] for i in range(len(items))]
+    dp, replica = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    for start in range(0, len(items), batch_size * dp):
+        mine = list(items[start + replica * batch_size : start + (replica + 1) * batch_size])
+        results = fn(mine) if mine else []
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (replica, results))
+        by_replica = dict(gathered)  # the ranks of one replica report the same results
+        for r in range(dp):
+            yield from by_replica[r]
