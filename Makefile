@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test setup simulate clean
+.PHONY: test setup tiny simulate clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints/ci.txt
 # pytest exits 5 when it collected nothing; that must fail, and it does (any non-zero exit fails make).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The main job on its embedded default: J-BOND on a tiny model, CPU, a few minutes (runs/tiny-cpu/).
+tiny: $(STAMP)
+	$(VENV)/bin/megatron-bond train recipes/tiny_cpu.yaml
 
 simulate: $(STAMP)
 	$(VENV)/bin/megatron-bond simulate

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # Import-time notices of megatron-core that say nothing to a user of the commands (fallbacks it always
 # takes without Transformer Engine / apex on CPU, a deprecation inside its own defaults).
 IGNORED_NOTICES = (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
-                   ".*full scope is deprecated.*")
+                   ".*full scope is deprecated.*", ".*all_gather_into_tensor. is deprecated.*")
 
 
 def silence_notices() -> None:

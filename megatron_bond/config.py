@@ -33,6 +33,7 @@ class ParallelConfig:
     pp: int = 1
     vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B)
     micro_batch_size: int = 1
+    recompute: bool = False  # full activation recompute, layer by layer (megatron-core's uniform method)
 
     def model_parallel_size(self) -> int:
         return self.tp * self.pp

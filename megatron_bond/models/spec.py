@@ -99,6 +99,9 @@ def transformer_config(cfg: Config) -> BondTransformerConfig:
         apply_rope_fusion=False,
         # gloo has no batched isend/irecv sync semantics on CPU; per-op p2p is exact there.
         batch_p2p_comm=on_gpu,
+        # Keep only each layer's input; recompute the rest in backward.
+        **({"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+           if p.recompute else {}),
     )
 
 

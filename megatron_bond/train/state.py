@@ -19,6 +19,7 @@ The sampler needs no state here: its seeds derive from (run seed, step, prompt i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,7 +117,8 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
         (tmp / "rng").mkdir(parents=True)
         (tmp / "dist").mkdir()
     torch.distributed.barrier()
-    dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"))
+    with StopSignal.deferred():  # the writer processes this starts must not die of Slurm's signals
+        dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"))
     torch.save(_rng_state(), tmp / "rng" / _rng_file(t.dist))
     _fault(step, "after_tensors")
     if t.dist.rank == 0:
@@ -204,6 +206,18 @@ class StopSignal:
     def __init__(self):
         self.received: int | None = None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls):
+        """Block the stop signals for the duration: Slurm signals every process of a job step, and the
+        helper processes started here (dist_checkpointing's writers) inherit the blocked mask across fork
+        and exec, so they never act on them; this process gets them, pending, when the block ends."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, cls.SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _handle(self, signum, _frame):
         self.received = signum

@@ -74,3 +74,22 @@ def test_bf16_policy_keeps_an_fp32_anchor():
     assert got["fp32_anchor"] == pytest.approx(got["closed_form"], abs=50 * U32 / 0.01)
     assert got["max_ulps_from_closed_form"] <= 1.0
     assert got["bf16_ema"] < 0.01
+
+
+@pytest.mark.parametrize("algorithm", [
+    ("bond.algorithm=bond", "bond.n=4", "bond.k=4", "bond.anchor=swap", "bond.swap_every=1"),
+    ("bond.algorithm=reinforce", "bond.anchor=fixed", "bond.beta_rl=0.1"),
+], ids=["bond", "reinforce"])
+def test_bond_and_reinforce_steps_run(algorithm):
+    """One step of each other algorithm at TP=2: it trains, reports its own terms, and its anchor is
+    what the algorithm says (BOND swapped in the policy after the step; REINFORCE kept π_ref)."""
+    got = step_at(2, 1, 1, algorithm)
+    row = got["row"]
+    assert row["update_ok"] and row["grad_norm"] > 0
+    key = next(iter(got["after"]))
+    if "bond.algorithm=bond" in algorithm:
+        assert "backward/return" in row and row["reward/anchor"] is not None
+        assert all(torch.equal(got["anchor"][k], got["after"][k]) for k in got["after"])  # swapped
+    else:
+        assert "reinforce/return" in row and row["reward/anchor"] is None
+        assert torch.equal(got["anchor"][key], got["before"][key])  # fixed at π_ref

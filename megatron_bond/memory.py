@@ -1,0 +1,224 @@
+"""Per-GPU memory of a J-BOND run, itemised, from the config and the allocation (tools/plan_memory.py).
+
+Counts follow what megatron-core and this package allocate (validated against the tensors of tiny
+models on CPU in tests/integration/test_memory_plan.py; docs/memory.md shows the comparison):
+- parameters per rank of the fullest pipeline stage: the layer specs of models/spec.py, linear weights
+  split over TP, norms replicated, the vocab-parallel embedding on the first stage and (tied
+  embeddings at PP > 1, as megatron-core does) a copy of it as the output layer on the last stage;
+- policy: weights (model dtype), DDP's gradient buffer (fp32: grad_reduce_in_fp32), Adam's two fp32
+  moments and, for bf16 weights, fp32 masters; the distributed optimizer shards moments and masters
+  over DP;
+- anchor: weights (model dtype) and the fp32 EMA shadow (sharded like the masters); π_ref lives on the
+  host; the reward model: weights (model dtype) at the policy's TP/PP;
+- rollout KV cache: keys and values of every layer of the stage for the largest generate batch;
+- training activations per microbatch: every tensor the local layers save for backward (counted op by
+  op below), times the microbatches in flight on the first stage under 1F1B (PP of them);
+- the fused head: one chunk of fp32 logits and the fp32 gradients it keeps until backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_bond.config import Config, ModelConfig
+from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
+from megatron_bond.train.weights import samples_per_prompt
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CUDA_OVERHEAD = 2.0 * GiB  # CUDA context, NCCL buffers, cuBLAS workspaces: measured 1.5 to 2.5 GiB on H100s
+FRAGMENTATION = 0.10  # the caching allocator's slack: plan for 10 % on top of the tensors
+
+
+@dataclass(frozen=True)
+class Allocation:
+    nodes: int
+    gpus_per_node: int
+    gpu_memory_gb: float = 80.0
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def layer_params(m: ModelConfig, tp: int) -> int:
+    """Parameters of one transformer layer on one TP rank."""
+    d = m.kv_channels or m.hidden_size // m.num_attention_heads
+    groups = m.num_query_groups or m.num_attention_heads
+    h = m.hidden_size
+    qkv = h * (m.num_attention_heads * d + 2 * groups * d) // tp
+    proj = m.num_attention_heads * d * h // tp
+    mlp = 3 * h * m.ffn_hidden_size // tp  # gate and up (fc1), down (fc2)
+    norms = 2 * h + (2 * h if m.post_norms else 0) + (2 * d if m.qk_norm else 0)
+    return qkv + proj + mlp + norms
+
+
+def stage_params(m: ModelConfig, tp: int, pp: int, stage: int) -> int:
+    """Parameters one TP rank of pipeline stage ``stage`` holds."""
+    vocab = m.padded_vocab_size() * m.hidden_size // tp
+    n = (m.num_layers // pp) * layer_params(m, tp)
+    if stage == 0:
+        n += vocab
+    if stage == pp - 1:
+        n += m.hidden_size  # final norm
+        if m.reward_head:
+            n += m.hidden_size
+        elif not m.tie_embeddings or pp > 1:  # an output layer of its own (a copy of the embedding if tied)
+            n += vocab
+    return n
+
+
+def total_params(m: ModelConfig) -> int:
+    return stage_params(m, 1, 1, 0)
+
+
+def _seq(cfg: Config) -> int:
+    return min(cfg.model.max_seq_length, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+
+
+def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch: int, last_stage: bool = True) -> int:
+    """Bytes the layers of one stage save for backward on one microbatch (no recomputation), counted
+    from what autograd keeps alive in this package's local layers (measured op by op on CPU:
+    tests/distributed/test_memory_plan.py). Per layer and token (b: bytes of the model dtype):
+    - each RMSNorm (input, pre-MLP; Gemma 2/3 also post-attention, post-MLP): an fp32 copy of its input
+      and its fp32 normalised output, 8·h;
+    - the linear layers' inputs: qkv h, projection heads·d/t, fc1 h (model dtype);
+    - attention: the fused qkv output (the value view keeps all of it), the rotated q and k copies,
+      (2·heads + 3·groups)·d/t; Gemma 3's q/k norms 8·(heads + groups)·d/t;
+    - the gated MLP: fc1's output 2f/t, the activation, its product with the up half and one more
+      f/t-sized intermediate, 5f/t in all;
+    per (query, key) pair and local head: the softcapped scores (model dtype, with a softcap), the fp32
+    softmax and its cast to the model dtype (none in fp32); per pair once per layer: the bool mask; per
+    position: RoPE's cos and sin for q and k. The last stage adds the final norm's 8·h per token.
+    """
+    b = DTYPE_BYTES[m.params_dtype]
+    d = m.kv_channels or m.hidden_size // m.num_attention_heads
+    heads, groups = m.num_attention_heads // tp, max(1, (m.num_query_groups or m.num_attention_heads) // tp)
+    h, f = m.hidden_size, m.ffn_hidden_size // tp
+    norms = 4 if m.post_norms else 2
+    per_token = (8 * norms * h + b * (2 * h + heads * d) + b * (2 * heads + 3 * groups) * d + b * 5 * f
+                 + (8 * (heads + groups) * d if m.qk_norm else 0))
+    per_pair = heads * micro_batch * (4 + (b if m.attn_logit_softcap else 0) + (b if b != 4 else 0)) + 1
+    per_layer = micro_batch * seq * per_token + seq * seq * per_pair + 4 * seq * d * b
+    return layers * per_layer + (8 * h * seq * micro_batch if last_stage else 0)
+
+
+def kv_cache_bytes(m: ModelConfig, tp: int, layers: int, batch: int, seq: int) -> int:
+    d = m.kv_channels or m.hidden_size // m.num_attention_heads
+    groups = max(1, (m.num_query_groups or m.num_attention_heads) // tp)
+    return 2 * layers * batch * seq * groups * d * DTYPE_BYTES[m.params_dtype]
+
+
+def head_bytes(m: ModelConfig, tp: int, tokens: int) -> int:
+    """The fused training head: one fp32 chunk of logits, and the fp32 hidden and weight gradients it
+    forms in forward and keeps until backward."""
+    rows = m.padded_vocab_size() // tp
+    chunk = max(1, min(CHUNK_BUDGET_ELEMENTS["cuda"] // rows, -(-tokens // 8)))
+    return 4 * (chunk * rows + rows * m.hidden_size + tokens * m.hidden_size)
+
+
+@dataclass
+class Plan:
+    items: dict[str, float]  # bytes per GPU
+    host: dict[str, float]  # bytes of host memory per rank
+    total: float
+    capacity: float
+    layout: str
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+
+def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_gpu: bool = True,
+         distributed_optimizer: bool | None = None, recompute: bool = False) -> Plan:
+    """Itemised bytes per GPU of the fullest pipeline stage (the first: it holds the embedding and the
+    most microbatches in flight)."""
+    m, p = cfg.model, cfg.parallel
+    tp, pp = p.tp, p.pp
+    dp = alloc.world // (tp * pp)
+    dist_opt = on_gpu if distributed_optimizer is None else distributed_optimizer
+    shard = dp if dist_opt else 1
+    n = max(stage_params(m, tp, pp, s) for s in range(pp))
+    w = DTYPE_BYTES[m.params_dtype]
+    masters = 4 * n if w != 4 else 0
+    layers = m.num_layers // pp
+    seq = _seq(cfg)
+    n_policy, n_anchor = samples_per_prompt(cfg.bond)
+    rollout_batch = cfg.rollout.batch_size * max(n_policy, n_anchor)
+    inflight = min(pp, 2 * cfg.train.global_batch_size // dp // p.micro_batch_size)
+    acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=pp == 1) if not recompute
+            else layers * p.micro_batch_size * seq * m.hidden_size * w + activation_bytes(m, tp, 1, seq, p.micro_batch_size))
+    items = {
+        "policy weights": w * n,
+        "policy gradients (fp32 buffer)": 4 * n,
+        "optimizer: Adam moments" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): 8 * n / shard,
+        "optimizer: fp32 masters" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): masters / shard,
+        "anchor weights": w * n,
+        "anchor fp32 EMA shadow" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): 4 * n / shard,
+        "reward model weights": DTYPE_BYTES[m.params_dtype] * max(stage_params(reward, tp, pp, s) for s in range(pp)) if reward else 0,
+        "rollout KV cache": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
+        "training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight": inflight * acts,
+        "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq),
+    }
+    tensors = sum(items.values())
+    if on_gpu:
+        items["allocator slack (10 %)"] = FRAGMENTATION * tensors
+        items["CUDA context, NCCL, workspaces"] = CUDA_OVERHEAD
+    host = {"π_ref weights (host copy)": w * n}
+    return Plan(items, host, sum(items.values()), alloc.gpu_memory_gb * GiB,
+                f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}")
+
+
+def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, **kw) -> str | None:
+    """The least disruptive change that makes the plan fit: recompute, a smaller microbatch, then a
+    larger TP (within a node, dividing heads and groups), a larger PP (dividing the layers), more nodes."""
+    import dataclasses
+
+    m = cfg.model
+    groups = m.num_query_groups or m.num_attention_heads
+
+    def fits(c, a, **extra):
+        dp_ok = a.world % (c.parallel.tp * c.parallel.pp) == 0
+        return dp_ok and plan(c, a, reward, **{**kw, **extra}).fits
+
+    if fits(cfg, alloc, recompute=True):
+        return "full activation recompute (parallel.recompute=true)"
+    par = cfg.parallel
+    if par.micro_batch_size > 1 and fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, micro_batch_size=1)), alloc):
+        return "parallel.micro_batch_size=1"
+    tp = par.tp * 2
+    while tp <= alloc.gpus_per_node and m.num_attention_heads % tp == 0 and (groups % tp == 0 or tp % groups == 0):
+        if fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, tp=tp)), alloc):
+            return f"parallel.tp={tp}"
+        tp *= 2
+    for pp in range(par.pp + 1, m.num_layers + 1):
+        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, pp=pp)), alloc):
+            return f"parallel.pp={pp}"
+    for nodes in (2 * alloc.nodes, 4 * alloc.nodes, 8 * alloc.nodes):
+        if fits(cfg, dataclasses.replace(alloc, nodes=nodes)):
+            return f"{nodes} nodes"
+    return None
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:8.2f} {unit}"
+    return f"{n:8.0f} B  "
+
+
+def format_plan(pl: Plan, change: str | None) -> str:
+    lines = [f"memory plan per rank ({pl.layout}):"]
+    width = max(len(k) for k in [*pl.items, *pl.host])
+    for k, v in pl.items.items():
+        lines.append(f"  {k:<{width}}  {_size(v)}")
+    lines.append(f"  {'total':<{width}}  {_size(pl.total)} of {_size(pl.capacity).strip()} "
+                 f"(headroom {_size(pl.capacity - pl.total).strip()})")
+    for k, v in pl.host.items():
+        lines.append(f"  host: {k}  {_size(v).strip()} per rank")
+    verdict = "fits" if pl.fits else "does NOT fit"
+    if not pl.fits:
+        verdict += f"; smallest change that fits: {change}" if change else "; no single change found: rethink the layout"
+    lines.append(f"verdict: {verdict}")
+    return "\n".join(lines)

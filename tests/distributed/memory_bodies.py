@@ -1,0 +1,75 @@
+"""Rank bodies that measure what megatron-core and the trainer allocate, for the memory planner's check."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_bond.config import load_config
+from megatron_bond.runtime import destroy_distributed, init_distributed
+
+# A tiny Gemma 2 (post norms, softcaps) that is large enough for activations to be measured in MiB.
+GEMMA2 = ["model.family=gemma2", "model.post_norms=true", "model.zero_centered_norm=true",
+          "model.scale_embeddings=true", "model.activation=gelu_tanh", "model.attn_logit_softcap=50.0",
+          "model.final_logit_softcap=30.0", "model.num_layers=4", "model.hidden_size=128",
+          "model.ffn_hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=2",
+          "model.kv_channels=32", "model.max_seq_length=512", "model.vocab_size=256",
+          "logging.wandb_mode=disabled", "logging.progress=false", "data.num_prompts=32", "data.eval_size=4",
+          "train.global_batch_size=4", "parallel.micro_batch_size=2"]
+
+
+def allocated(tp: int, pp: int) -> dict:
+    """Bytes this rank holds after one training step: policy weights, DDP's gradient buffer, Adam's
+    state, the anchor's fp32 shadow; and the planner's figures for the same rank."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_bond.memory import stage_params
+    from megatron_bond.train.setup import build_trainer, resolve_config
+    from megatron_bond.train.step import train_step
+
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}", f"parallel.pp={pp}"]))
+    dist = init_distributed(cfg.parallel, seed=0)
+    try:
+        t = build_trainer(cfg, dist)
+        train_step(t, 1)
+        opt = t.optimizer.chained_optimizers[0] if hasattr(t.optimizer, "chained_optimizers") else t.optimizer
+        state = [v for s in opt.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+        n = stage_params(cfg.model, tp, pp, ps.get_pipeline_model_parallel_rank())
+        return {
+            "weights": (sum(p.numel() * p.element_size() for c in t.policy for p in c.parameters()), 4 * n),
+            "gradients": (sum(b.grad_data.numel() * b.grad_data.element_size() for c in t.policy for b in c.buffers), 4 * n),
+            "adam": (sum(v.numel() * v.element_size() for v in state), 8 * n),
+            "anchor_shadow": (sum(s.shadow.numel() * 4 for s in t.anchor.slots), 4 * n),
+        }
+    finally:
+        destroy_distributed()
+
+
+def saved_activations(tp: int, seq: int, micro_batch: int) -> dict:
+    """Bytes autograd saves for backward during one training forward of the layers (unique storages,
+    parameters excluded), against the planner's activation_bytes for the same shape."""
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.memory import activation_bytes
+    from megatron_bond.models.gpt import build_model
+
+    cfg = load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}"])
+    init_distributed(ParallelConfig(tp=tp), seed=0)
+    try:
+        (model,) = build_model(cfg)
+        params = {p.data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+            return t
+
+        tokens = torch.randint(4, 256, (micro_batch, seq))
+        positions = torch.arange(seq).expand(micro_batch, seq)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.decoder(model.embedding(tokens, positions), attention_mask=None,
+                          rotary_pos_emb=model.rotary_pos_emb(seq))
+        return {"measured": sum(seen.values()),
+                "planned": activation_bytes(cfg.model, tp, cfg.model.num_layers, seq, micro_batch)}
+    finally:
+        destroy_distributed()
