@@ -43,6 +43,8 @@ SlurmctldPort=6817
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits until its previous credential expires (120 s by default): keep it short here.
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/lib/slurm/slurmd-%n
 SlurmdPidFile=/run/slurmd-%n.pid

@@ -109,9 +109,10 @@ def exact_jbond_step(
 
 def run_jbond(
     problem: SequenceProblem, steps: int, lr: float, beta: float = 0.5, gamma: float = 0.0,
-    eta: float = 0.05, log_every: int = 0,
+    eta: float = 0.05, log_every: int = 0, swap_every: int = 0,
 ) -> list[dict]:
-    """Exact J-BOND with an EMA anchor from π_ref: the quantile and KL(π‖π_ref) after each step."""
+    """Exact J-BOND with an EMA anchor from π_ref (or, with ``swap_every``, an anchor replaced by the
+    policy every that many steps): the quantile and KL(π‖π_ref) after each step."""
     logits = problem.ref_logits.clone().requires_grad_(True)
     anchor = problem.ref_logits.clone()
     opt = torch.optim.Adam([logits], lr=lr)
@@ -122,7 +123,10 @@ def run_jbond(
         opt.zero_grad()
         exact_jbond_step(problem, logits, anchor, beta, gamma).backward()
         opt.step()
-        ema_update_([anchor], [logits.detach()], eta)
+        if not swap_every:
+            ema_update_([anchor], [logits.detach()], eta)
+        elif step % swap_every == 0:
+            anchor = logits.detach().clone()
         probs = problem.log_probs(logits).detach().exp()
         anchor_probs = problem.log_probs(anchor).exp()
         history.append({

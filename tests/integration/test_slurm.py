@@ -84,6 +84,11 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_end(uninterrupted, tm
         assert time.monotonic() < deadline and job(job_id).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    # The requeued job starts again once its previous credential expires (cred_expire, 10 s on the
+    # local cluster); wait for the resumed run itself, not the first run's completion.
+    while "done: metrics" not in log(run_dir, job_id):
+        assert time.monotonic() < deadline + 300, log(run_dir, job_id)[-3000:]
+        time.sleep(0.5)
     info = wait_done(job_id)
     text = log(run_dir, job_id)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, text[-3000:]
