@@ -93,3 +93,9 @@ def test_bond_and_reinforce_steps_run(algorithm):
     else:
         assert "reinforce/return" in row and row["reward/anchor"] is None
         assert torch.equal(got["anchor"][key], got["before"][key])  # fixed at π_ref
+
+
+def test_full_recompute_changes_nothing():
+    """parallel.recompute (what the memory planner suggests first) recomputes each layer in backward:
+    the same step at TP=2 as TP=1 without it."""
+    assert_same_step(step_at(2, 1, 1, ("parallel.recompute=true",)), step_at(1, 1))
