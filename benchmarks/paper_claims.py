@@ -35,7 +35,7 @@ from megatron_bond.bond import (  # noqa: E402
     log_quantile_reward,
     policy_gradient_loss,
 )
-from megatron_bond.bond.simulator import SequenceProblem, bon_curve, run_jbond  # noqa: E402
+from megatron_bond.bond.simulator import SequenceProblem, bon_curve, exact_jeffreys_loss, run_jbond  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -44,18 +44,6 @@ def problem(seed: int) -> SequenceProblem:
     p = SequenceProblem.random(vocab=4, length=3, seed=seed)
     p.rewards = p.rewards / p.rewards.max()
     return p
-
-
-def exact_jeffreys(p: SequenceProblem, logits, target, beta: float):
-    """(1−β)·KL(target‖π) + β·KL(π‖target) through the estimators' expected gradients."""
-    logp = p.log_probs(logits)
-    ref_logp = p.ref_probs().log()
-    pi = logp.detach().exp()
-    log_q = target.log() - ref_logp
-    returns = log_q - (logp.detach() - ref_logp)
-    forward, _ = forward_kl_loss(logp, sample_weight=target)
-    backward, _ = backward_kl_loss(logp, ref_logp, log_q, baseline=(pi * returns).sum(), sample_weight=pi)
-    return jeffreys_loss(forward, backward, beta)
 
 
 def claim_a(seed: int, beta: float, n: int = 8, steps: int = 300, batch: int = 64, k: int = 16) -> list[dict]:
@@ -90,49 +78,50 @@ def _trajectory(p: SequenceProblem, logits) -> dict:
     return {"kl_ref": kl(pi, p.ref_probs()).item(), "quantile": p.quantile(pi).item()}
 
 
-def claim_b(seed: int, mode: str, steps: int = 600, every: int = 100) -> list[dict]:
-    """mode: "iterative" (Best-of-2 of an anchor swapped every ``every`` steps) or "N=4" etc."""
-    p = problem(seed)
+def _descend(p: SequenceProblem, steps: int, loss_of) -> list[dict]:
+    """Adam (lr 0.05) on ``loss_of(logits, step)`` from π_ref; quantile and KL(π‖π_ref) every 10 steps."""
     logits = p.ref_logits.clone().requires_grad_(True)
-    anchor = p.ref_logits.clone()
     opt = torch.optim.Adam([logits], lr=0.05)
     rows = []
     for step in range(steps + 1):
         if step % 10 == 0:
             rows.append({"step": step, **_trajectory(p, logits)})
         if step == steps:
-            break
+            return rows
+        opt.zero_grad()
+        loss_of(logits, step).backward()
+        opt.step()
+
+
+def claim_b(seed: int, mode: str, steps: int = 600, every: int = 100) -> list[dict]:
+    """mode: "iterative" (Best-of-2 of an anchor replaced by the policy every ``every`` steps) or "N=4" etc."""
+    p = problem(seed)
+    anchor = [p.ref_logits.clone()]
+
+    def loss(logits, step):
         if mode == "iterative":
-            target = bon_probs(p.log_probs(anchor).exp(), p.rewards, 2)
+            if step and step % every == 0:
+                anchor[0] = logits.detach().clone()
+            target = bon_probs(p.log_probs(anchor[0]).exp(), p.rewards, 2)
         else:
             target = bon_probs(p.ref_probs(), p.rewards, int(mode.split("=")[1]))
-        opt.zero_grad()
-        exact_jeffreys(p, logits, target, 0.5).backward()
-        opt.step()
-        if mode == "iterative" and (step + 1) % every == 0:
-            anchor = logits.detach().clone()
-    return rows
+        return exact_jeffreys_loss(p, logits, target, 0.5)
+
+    return _descend(p, steps, loss)
 
 
 def claim_d_reinforce(seed: int, beta_rl: float, steps: int = 500) -> list[dict]:
     """REINFORCE in exact expectation: ∇ of E_π[r] − β_RL·KL(π‖π_ref)."""
     p = problem(seed)
     ref_logp = p.ref_probs().log()
-    logits = p.ref_logits.clone().requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=0.05)
-    rows = []
-    for step in range(steps + 1):
-        if step % 10 == 0:
-            rows.append({"step": step, **_trajectory(p, logits)})
-        if step == steps:
-            break
-        opt.zero_grad()
+
+    def loss(logits, _step):
         logp = p.log_probs(logits)
         pi = logp.detach().exp()
         returns = p.rewards - beta_rl * (logp.detach() - ref_logp)
-        policy_gradient_loss(logp, returns, (pi * returns).sum(), sample_weight=pi).backward()
-        opt.step()
-    return rows
+        return policy_gradient_loss(logp, returns, (pi * returns).sum(), sample_weight=pi)
+
+    return _descend(p, steps, loss)
 
 
 def jbond(seed: int, steps: int = 500, **kw) -> list[dict]:

@@ -144,6 +144,19 @@ def run_jbond(
     return history
 
 
+def exact_jeffreys_loss(problem: SequenceProblem, logits: Tensor, target: Tensor, beta: float) -> Tensor:
+    """(1−β)·KL(target‖π) + β·KL(π‖target) through the estimators' expected gradients, with the exact
+    return log(target/π_ref): its gradient is the divergence's (test_bond_objectives.py)."""
+    logp = problem.log_probs(logits)
+    ref_logp = problem.ref_probs().log()
+    pi = logp.detach().exp()
+    log_q = target.log() - ref_logp
+    returns = log_q - (logp.detach() - ref_logp)
+    forward, _ = forward_kl_loss(logp, sample_weight=target)
+    backward, _ = backward_kl_loss(logp, ref_logp, log_q, baseline=(pi * returns).sum(), sample_weight=pi)
+    return jeffreys_loss(forward, backward, beta)
+
+
 def exact_backward_kl_loss(problem: SequenceProblem, logits: Tensor, n: int) -> Tensor:
     """Backward-KL REINFORCE loss in exact expectation, with the exact return log π_BoN/π_ref
     (Theorem 1: both quantiles, so ties are handled)."""

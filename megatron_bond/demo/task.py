@@ -80,6 +80,34 @@ def _batches(rows: list[list[int]], targets: list[float] | None, size: int, gen:
         yield tokens, (torch.tensor([targets[i] for i in idx]) if targets is not None else None)
 
 
+def _fit(model, rows, targets, steps: int, lr: float, seed: int, loss_of, log, what: str) -> None:
+    """AdamW over shuffled batches of 32 until ``steps`` steps, logging every 50."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    while step < steps:
+        for tokens, y in _batches(rows, targets, 32, gen):
+            loss = loss_of(model, tokens, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 50 == 0 or step == steps:
+                log(f"{what} step {step}/{steps}: loss {loss.item():.3f}")
+            if step == steps:
+                return
+
+
+def _next_token_loss(model, tokens, _targets):
+    return model(input_ids=tokens, attention_mask=(tokens != 0).long(),
+                 labels=tokens.masked_fill(tokens == 0, -100)).loss
+
+
+def _regression_loss(model, tokens, targets):
+    pred = model(input_ids=tokens, attention_mask=(tokens != 0).long()).logits.squeeze(-1)
+    return torch.nn.functional.mse_loss(pred, targets)
+
+
 def train_policy(texts: list[str], sp, out: Path, steps: int, seed: int, log) -> None:
     """Next-token prediction on the corpus, so that samples read like its sentences."""
     import transformers
@@ -87,21 +115,7 @@ def train_policy(texts: list[str], sp, out: Path, steps: int, seed: int, log) ->
     torch.manual_seed(seed)
     model = transformers.GemmaForCausalLM(_gemma_config("policy", sp.get_piece_size()))
     rows = [[2] + sp.encode(t) + [1] for t in texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < steps:
-        for tokens, _ in _batches(rows, None, 32, gen):
-            labels = tokens.masked_fill(tokens == 0, -100)
-            loss = model(input_ids=tokens, attention_mask=(tokens != 0).long(), labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                log(f"policy pre-training step {step}/{steps}: loss {loss.item():.3f}")
-            if step == steps:
-                break
+    _fit(model, rows, None, steps, 3e-3, seed, _next_token_loss, log, "policy pre-training")
     model.save_pretrained(out)
 
 
@@ -117,21 +131,7 @@ def train_reward_model(texts: list[str], sp, out: Path, steps: int, seed: int, l
     rows = [[2] + sp.encode(t) for t in mixed]
     targets = [rule(t) for t in mixed]
     held, rows, targets = (rows[:200], targets[:200]), rows[200:], targets[200:]
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < steps:
-        for tokens, y in _batches(rows, targets, 32, gen):
-            pred = model(input_ids=tokens, attention_mask=(tokens != 0).long()).logits.squeeze(-1)
-            loss = torch.nn.functional.mse_loss(pred, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                log(f"reward model training step {step}/{steps}: mse {loss.item():.3f}")
-            if step == steps:
-                break
+    _fit(model, rows, targets, steps, 2e-3, seed, _regression_loss, log, "reward model training (mse)")
     with torch.no_grad():
         errors = [abs(model(input_ids=tokens).logits.item() - y.item())
                   for tokens, y in _batches(held[0], held[1], 1, torch.Generator().manual_seed(0))]

@@ -13,19 +13,13 @@ from megatron_bond.bond import (
     kl,
     log_quantile_reward,
 )
-from megatron_bond.bond.simulator import SequenceProblem, bon_curve, exact_backward_kl_loss, run_jbond
-
-
-def exact_jeffreys_loss(problem, logits, target, beta):
-    """(1−β)·forward + β·backward, each in exact expectation, with the exact return log(π_BoN/π_ref)."""
-    logp = problem.log_probs(logits)
-    ref_logp = problem.ref_probs().log()
-    pi = logp.detach().exp()
-    log_q = target.log() - ref_logp  # exact; (N−1)·log p≤ is its continuous limit
-    returns = log_q - (logp.detach() - ref_logp)
-    forward, _ = forward_kl_loss(logp, sample_weight=target)
-    backward, _ = backward_kl_loss(logp, ref_logp, log_q, baseline=(pi * returns).sum(), sample_weight=pi)
-    return jeffreys_loss(forward, backward, beta)
+from megatron_bond.bond.simulator import (
+    SequenceProblem,
+    bon_curve,
+    exact_backward_kl_loss,
+    exact_jeffreys_loss,
+    run_jbond,
+)
 
 
 def test_expected_estimator_gradient_is_the_divergence_gradient():
