@@ -175,7 +175,7 @@ def main() -> None:
     matmul_s, matmul1_s = matmul_times(args)
     for impl in args.impl.split(","):
         if impl == "triton" and args.device == "cpu":
-            print(f"skipping triton: needs CUDA (tested on CPU under TRITON_INTERPRET in tests/)", file=sys.stderr)
+            print("skipping triton: needs CUDA (tested on CPU under TRITON_INTERPRET in tests/)", file=sys.stderr)
             continue
         cmd = [sys.executable, __file__, "--child", "--impl", impl] + [
             f"--{k}={getattr(args, k)}" for k in ("tokens", "hidden", "vocab", "dtype", "repeats", "device")

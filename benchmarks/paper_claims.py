@@ -26,16 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_bond.bond import (  # noqa: E402
-    backward_kl_loss,
-    bon_probs,
-    forward_kl_loss,
-    jeffreys_loss,
-    kl,
-    log_quantile_reward,
-    policy_gradient_loss,
+from megatron_bond.bond import bon_probs, kl, policy_gradient_loss  # noqa: E402
+from megatron_bond.bond.simulator import (  # noqa: E402
+    SequenceProblem,
+    bon_curve,
+    exact_jeffreys_loss,
+    run_jbond,
+    sampled_jeffreys_loss,
 )
-from megatron_bond.bond.simulator import SequenceProblem, bon_curve, exact_jeffreys_loss, run_jbond  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -49,7 +47,6 @@ def problem(seed: int) -> SequenceProblem:
 def claim_a(seed: int, beta: float, n: int = 8, steps: int = 300, batch: int = 64, k: int = 16) -> list[dict]:
     p = problem(seed)
     target = bon_probs(p.ref_probs(), p.rewards, n)
-    ref_logp = p.ref_probs().log()
     gen = torch.Generator().manual_seed(100 + seed)
     logits = p.ref_logits.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.02)
@@ -61,14 +58,7 @@ def claim_a(seed: int, beta: float, n: int = 8, steps: int = 300, batch: int = 6
         if step == steps:
             break
         opt.zero_grad()
-        logp = p.log_probs(logits)
-        anchor = p.sample(p.ref_logits, batch * n, gen).view(batch, n)
-        best = anchor.gather(1, p.rewards[anchor].argmax(1, keepdim=True)).squeeze(1)
-        forward, _ = forward_kl_loss(logp[best])
-        y = p.sample(logits, batch, gen)
-        refs = p.sample(p.ref_logits, batch * k, gen).view(batch, k)
-        backward, _ = backward_kl_loss(logp[y], ref_logp[y], log_quantile_reward(p.rewards[y], p.rewards[refs], n).double())
-        jeffreys_loss(forward, backward, beta).backward()
+        sampled_jeffreys_loss(p, logits, n, k, batch, beta, gen).backward()
         opt.step()
     return rows
 

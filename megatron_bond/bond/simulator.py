@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio
+from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio, log_quantile_reward
 from .losses import (
     backward_kl_loss,
     ema_update_,
@@ -154,6 +154,22 @@ def exact_jeffreys_loss(problem: SequenceProblem, logits: Tensor, target: Tensor
     returns = log_q - (logp.detach() - ref_logp)
     forward, _ = forward_kl_loss(logp, sample_weight=target)
     backward, _ = backward_kl_loss(logp, ref_logp, log_q, baseline=(pi * returns).sum(), sample_weight=pi)
+    return jeffreys_loss(forward, backward, beta)
+
+
+def sampled_jeffreys_loss(problem: SequenceProblem, logits: Tensor, n: int, k: int, batch: int, beta: float,
+                          gen: torch.Generator) -> Tensor:
+    """BOND's Jeffreys loss from samples, as a trainer estimates it: SFT on the best of n samples of
+    π_ref (forward), REINFORCE with the Monte-Carlo log π_BoN/π_ref from k reference samples (backward)."""
+    logp = problem.log_probs(logits)
+    ref_logp = problem.ref_probs().log()
+    anchor = problem.sample(problem.ref_logits, batch * n, gen).view(batch, n)
+    best = anchor.gather(1, problem.rewards[anchor].argmax(1, keepdim=True)).squeeze(1)
+    forward, _ = forward_kl_loss(logp[best])
+    y = problem.sample(logits, batch, gen)
+    refs = problem.sample(problem.ref_logits, batch * k, gen).view(batch, k)
+    log_q = log_quantile_reward(problem.rewards[y], problem.rewards[refs], n).to(logp.dtype)
+    backward, _ = backward_kl_loss(logp[y], ref_logp[y], log_q)
     return jeffreys_loss(forward, backward, beta)
 
 

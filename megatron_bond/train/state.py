@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing
-from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from megatron_bond.config import Config, ConfigError

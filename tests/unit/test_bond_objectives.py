@@ -4,21 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_bond.bond import (
-    backward_kl_loss,
-    bon_probs,
-    forward_kl_loss,
-    jeffreys,
-    jeffreys_loss,
-    kl,
-    log_quantile_reward,
-)
+from megatron_bond.bond import bon_probs, jeffreys, kl
 from megatron_bond.bond.simulator import (
     SequenceProblem,
     bon_curve,
     exact_backward_kl_loss,
     exact_jeffreys_loss,
     run_jbond,
+    sampled_jeffreys_loss,
 )
 
 
@@ -56,21 +49,12 @@ def test_sampled_estimators_reach_bon(beta):
     problem = SequenceProblem.random(vocab=6, length=1, seed=3)
     n, batch, k = 3, 64, 16
     target = bon_probs(problem.ref_probs(), problem.rewards, n)
-    ref_logp = problem.ref_probs().log()
     gen = torch.Generator().manual_seed(0)
     logits = problem.ref_logits.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.02)
     for _ in range(400):
         opt.zero_grad()
-        logp = problem.log_probs(logits)
-        anchor = problem.sample(problem.ref_logits, batch * n, gen).view(batch, n)
-        best = anchor.gather(1, problem.rewards[anchor].argmax(1, keepdim=True)).squeeze(1)
-        forward, _ = forward_kl_loss(logp[best])
-        y = problem.sample(logits, batch, gen)
-        refs = problem.sample(problem.ref_logits, batch * k, gen).view(batch, k)
-        log_q = log_quantile_reward(problem.rewards[y], problem.rewards[refs], n)
-        backward, _ = backward_kl_loss(logp[y], ref_logp[y], log_q)
-        jeffreys_loss(forward, backward, beta).backward()
+        sampled_jeffreys_loss(problem, logits, n, k, batch, beta, gen).backward()
         opt.step()
     pi = problem.log_probs(logits).detach().exp()
     assert jeffreys(problem.ref_probs(), target, 0.5).item() > 0.2
