@@ -64,6 +64,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parallel_from(args: argparse.Namespace):
+    from megatron_bond.config import ParallelConfig
+
+    return ParallelConfig(tp=args.tp, pp=args.pp, first_stage_layers=args.first_stage_layers,
+                          last_stage_layers=args.last_stage_layers)
+
+
 def _check_io(args: argparse.Namespace) -> None:
     """Before any model loads: the input exists, the output can be written, sizes are positive."""
     from pathlib import Path
@@ -80,11 +87,10 @@ def _check_io(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from megatron_bond.config import ParallelConfig
     from megatron_bond.scoring import score
 
     _check_io(args)
-    n = score(args.ckpt, ParallelConfig(tp=args.tp, pp=args.pp), args.input, args.output, args.batch_size)
+    n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size)
     if _rank() == 0:
         print(f"scored {n} sequences -> {args.output}")
     return 0
@@ -121,6 +127,8 @@ def _layout_args(p) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint directory (tools/convert_hf_to_megatron.py, or a run's policy/)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (the checkpoint reshards on load)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument("--first-stage-layers", type=int, help="layers of the first pipeline stage (uneven stages)")
+    p.add_argument("--last-stage-layers", type=int, help="layers of the last pipeline stage (uneven stages)")
 
 
 def build_parser() -> argparse.ArgumentParser:

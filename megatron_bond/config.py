@@ -34,9 +34,36 @@ class ParallelConfig:
     vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B)
     micro_batch_size: int = 1
     recompute: bool = False  # full activation recompute, layer by layer (megatron-core's uniform method)
+    # Sequence parallelism (TP > 1): norms, residuals and dropout on sequence shards in training; the
+    # rollouts and scoring passes run without it (as megatron-core's own inference does).
+    sequence_parallel: bool = False
+    # Uneven pipeline stages (Gemma's 18, 26, 42, 46 and 62 layers rarely divide evenly): layers of the
+    # first and/or last stage; the others split the rest evenly. None: every stage the same.
+    first_stage_layers: Optional[int] = None
+    last_stage_layers: Optional[int] = None
 
     def model_parallel_size(self) -> int:
         return self.tp * self.pp
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """Transformer layers of each pipeline stage, first to last (megatron-core's rule)."""
+        first, last = self.first_stage_layers, self.last_stage_layers
+        rest = num_layers - (first or 0) - (last or 0)
+        middle = self.pp - (first is not None) - (last is not None)
+        each = rest // middle if middle > 0 else 0
+        stages = [each] * self.pp
+        if first is not None:
+            stages[0] = first
+        if last is not None:
+            stages[-1] = last
+        return stages
+
+    def beside_policy(self, num_layers: int, policy_layers: int) -> "ParallelConfig":
+        """This layout for a model of ``num_layers`` run beside the policy (the reward model): the uneven
+        stage sizes are the policy's, so a model of another depth splits its layers evenly."""
+        if num_layers == policy_layers:
+            return self
+        return dataclasses.replace(self, first_stage_layers=None, last_stage_layers=None)
 
 
 @dataclass
@@ -57,7 +84,7 @@ class ModelConfig:
     max_seq_length: int = 128
     final_logit_softcap: Optional[float] = None  # Gemma 2: c·tanh(z/c) on the output logits
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    activation: Literal["silu", "gelu_tanh"] = "silu"  # of the gated MLP
+    activation: Literal["silu", "gelu_tanh", "gelu"] = "silu"  # of the gated MLP ("gelu": exact, erf)
     norm_epsilon: float = 1e-5
     zero_centered_norm: bool = False  # RMSNorm scales by (1 + w) (Gemma)
     scale_embeddings: bool = False  # embeddings times sqrt(hidden_size), in the model dtype (Gemma)
@@ -73,6 +100,9 @@ class ModelConfig:
     tie_embeddings: bool = True
     reward_head: bool = False  # a scalar head on the last non-pad token (reward models)
     pad_token_id: int = 0
+    # Layer implementation: "local" (megatron-core's plain-torch modules), "transformer_engine" (TE's
+    # fused modules; needs CUDA and TE), "auto" (TE where both are present). Checkpoints do not depend on it.
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
 
     def padded_vocab_size(self) -> int:
         multiple = self.make_vocab_size_divisible_by
@@ -196,6 +226,7 @@ class Config:
         m, p = self.model, self.parallel
         groups = m.num_query_groups or m.num_attention_heads
         _require(p.tp >= 1 and p.pp >= 1, "parallel.tp", "parallel sizes must be >= 1")
+        _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", "needs tp > 1")
         _require(
             m.num_attention_heads % p.tp == 0,
             "parallel.tp",
@@ -226,12 +257,27 @@ class Config:
             "model.layer_types",
             "entries must be 'sliding_attention' or 'full_attention'",
         )
-        stages = p.pp * (p.vpp or 1)
-        _require(
-            m.num_layers % stages == 0,
-            "parallel.pp",
-            f"pp*vpp={stages} must divide model.num_layers={m.num_layers}",
-        )
+        uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+        if uneven:
+            _require(p.pp > 1 and p.vpp is None, "parallel.first_stage_layers",
+                     "uneven stages need pp > 1 and no virtual pipeline (vpp)")
+            _require(all(n is None or n >= 1 for n in (p.first_stage_layers, p.last_stage_layers)),
+                     "parallel.first_stage_layers", "stages must hold at least one layer")
+            layers = p.stage_layers(m.num_layers)
+            middle = p.pp - (p.first_stage_layers is not None) - (p.last_stage_layers is not None)
+            rest = m.num_layers - (p.first_stage_layers or 0) - (p.last_stage_layers or 0)
+            _require(rest >= middle and (middle == 0 and rest == 0 or middle > 0 and rest % middle == 0),
+                     "parallel.first_stage_layers",
+                     f"{m.num_layers} layers with first={p.first_stage_layers}, last={p.last_stage_layers} leave "
+                     f"{rest} for {middle} other stage(s): they must split evenly (got {layers})")
+        else:
+            stages = p.pp * (p.vpp or 1)
+            _require(
+                m.num_layers % stages == 0,
+                "parallel.pp",
+                f"pp*vpp={stages} must divide model.num_layers={m.num_layers} "
+                "(or set parallel.first_stage_layers / last_stage_layers)",
+            )
         _require(p.vpp is None or p.pp > 1, "parallel.vpp", "virtual pipeline needs pp > 1")
         b = self.bond
         _require(0.0 <= b.beta <= 1.0, "bond.beta", "must lie in [0, 1]")

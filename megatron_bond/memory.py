@@ -53,10 +53,11 @@ def layer_params(m: ModelConfig, tp: int) -> int:
     return qkv + proj + mlp + norms
 
 
-def stage_params(m: ModelConfig, tp: int, pp: int, stage: int) -> int:
-    """Parameters one TP rank of pipeline stage ``stage`` holds."""
+def stage_params(m: ModelConfig, tp: int, pp: int, stage: int, layers: int | None = None) -> int:
+    """Parameters one TP rank of pipeline stage ``stage`` holds (``layers``: the stage's transformer
+    layers when the stages are uneven; default an even split)."""
     vocab = m.padded_vocab_size() * m.hidden_size // tp
-    n = (m.num_layers // pp) * layer_params(m, tp)
+    n = (m.num_layers // pp if layers is None else layers) * layer_params(m, tp)
     if stage == 0:
         n += vocab
     if stage == pp - 1:
@@ -133,16 +134,18 @@ class Plan:
 def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_gpu: bool = True,
          distributed_optimizer: bool | None = None, recompute: bool = False) -> Plan:
     """Itemised bytes per GPU of the fullest pipeline stage (the first: it holds the embedding and the
-    most microbatches in flight)."""
+    most microbatches in flight). With uneven stages the largest stage's parameters and layers are
+    counted with the first stage's microbatches in flight: an upper bound, not one stage's exact sum."""
     m, p = cfg.model, cfg.parallel
     tp, pp = p.tp, p.pp
     dp = alloc.world // (tp * pp)
     dist_opt = on_gpu if distributed_optimizer is None else distributed_optimizer
     shard = dp if dist_opt else 1
-    n = max(stage_params(m, tp, pp, s) for s in range(pp))
+    per_stage = p.stage_layers(m.num_layers)
+    n = max(stage_params(m, tp, pp, s, per_stage[s]) for s in range(pp))
     w = DTYPE_BYTES[m.params_dtype]
     masters = 4 * n if w != 4 else 0
-    layers = m.num_layers // pp
+    layers = max(per_stage)
     seq = _seq(cfg)
     n_policy, n_anchor = samples_per_prompt(cfg.bond)
     rollout_batch = cfg.rollout.batch_size * max(n_policy, n_anchor)
@@ -156,7 +159,9 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         "optimizer: fp32 masters" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): masters / shard,
         "anchor weights": w * n,
         "anchor fp32 EMA shadow" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): 4 * n / shard,
-        "reward model weights": DTYPE_BYTES[m.params_dtype] * max(stage_params(reward, tp, pp, s) for s in range(pp)) if reward else 0,
+        "reward model weights": DTYPE_BYTES[m.params_dtype] * max(
+            stage_params(reward, tp, pp, s, p.beside_policy(reward.num_layers, m.num_layers).stage_layers(
+                reward.num_layers)[s]) for s in range(pp)) if reward else 0,
         "rollout KV cache": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
         "training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight": inflight * acts,
         "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq),
@@ -193,8 +198,10 @@ def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, 
             return f"parallel.tp={tp}"
         tp *= 2
     for pp in range(par.pp + 1, m.num_layers + 1):
-        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, pp=pp)), alloc):
-            return f"parallel.pp={pp}"
+        even = dataclasses.replace(par, pp=pp, first_stage_layers=None, last_stage_layers=None)
+        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=even), alloc):
+            return f"parallel.pp={pp}" + (" (even stages: unset first/last_stage_layers)"
+                                          if par.first_stage_layers or par.last_stage_layers else "")
     for nodes in (2 * alloc.nodes, 4 * alloc.nodes, 8 * alloc.nodes):
         if fits(cfg, dataclasses.replace(alloc, nodes=nodes)):
             return f"{nodes} nodes"

@@ -15,6 +15,7 @@ import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
+from megatron_bond.models.gpt import without_sequence_parallel
 from megatron_bond.models.heads import TokenLogProbHead
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
@@ -50,7 +51,8 @@ def forward_rows(chunks, cfg: Config, batch: list[list[int]]) -> torch.Tensor:
     positions = torch.arange(seq, device=device).expand(len(batch), seq)
 
     head = None if reward else TokenLogProbHead(tokens[:, 1:])
-    values = forward_once(chunks, lambda model: model(inputs, positions, None, head=head), seq, len(batch))
+    with without_sequence_parallel(chunks):
+        values = forward_once(chunks, lambda model: model(inputs, positions, None, head=head), seq, len(batch))
     return broadcast_from_last_stage(None if values is None else values.float(), (len(batch), seq))
 
 

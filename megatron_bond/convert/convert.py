@@ -7,6 +7,8 @@ streams the tensors out in 5 GiB safetensors shards. Either way the output appea
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -18,18 +20,45 @@ from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, co
 from megatron_bond.convert.mapping import expected_shapes, to_hf, to_megatron
 from megatron_bond.convert.staging import staged_output
 from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
-from megatron_bond.models.hf_config import model_config_from_hf, read_hf_config
+from megatron_bond.models.hf_config import (
+    is_vision_tensor,
+    language_model_config,
+    model_config_from_hf,
+    read_hf_config,
+)
 from megatron_bond.runtime import destroy_distributed, init_distributed
 
 # HF tensors that carry nothing the Megatron model lacks (tied output layer, RoPE caches).
 _IGNORED_HF = ("lm_head.weight", "rotary_emb.inv_freq")
 
 
-def _plan(reader: SafetensorsReader, cfg: Config):
-    """(megatron key, hf keys, kind) for every tensor, checked against the HF files before any work."""
+def _language_model_prefix(keys: set[str]) -> str:
+    """Where the language model's tensors are: "model." in a causal LM, "language_model.model." (or
+    transformers 5's "model.language_model.") in a multimodal Gemma 3."""
+    for prefix in ("model.", "language_model.model.", "model.language_model."):
+        if f"{prefix}embed_tokens.weight" in keys:
+            return prefix
+    raise ConfigError("the HF checkpoint has no embed_tokens.weight under model., language_model.model. or "
+                      "model.language_model.: not a Gemma language model")
+
+
+def _plan(reader: SafetensorsReader, cfg: Config, multimodal: bool = False):
+    """(megatron key, hf keys, kind) for every tensor, checked against the HF files before any work.
+    A multimodal checkpoint's tensors outside its language model (vision tower, projector) are left
+    out, and said so."""
     m = cfg.model
-    plan = [(mk, hk, rule.kind) for rule in rules_for(m) for mk, hk in rule.expand(m.num_layers)]
     have = reader.keys()
+    prefix = _language_model_prefix(have)
+
+    def hf_key(key: str) -> str:  # the tables name the causal LM's keys ("model.", "lm_head.", "score.")
+        return prefix + key[len("model."):] if key.startswith("model.") else key
+
+    plan = [(mk, tuple(hf_key(k) for k in hk), rule.kind) for rule in rules_for(m) for mk, hk in rule.expand(m.num_layers)]
+    if multimodal:
+        outside = {k for k in have if is_vision_tensor(k)}  # anything else unmapped is still refused below
+        print(f"multimodal checkpoint: converting its language model; the vision tower and projector "
+              f"({len(outside)} tensors) are left out", flush=True)
+        have = have - outside
     missing = sorted(k for _, hk, _ in plan for k in hk if k not in have)
     if missing:
         raise ConfigError(f"HF checkpoint lacks {len(missing)} tensors the {m.family} table needs, e.g. {missing[:3]}")
@@ -40,19 +69,26 @@ def _plan(reader: SafetensorsReader, cfg: Config):
     return plan
 
 
+def _local(cfg: Config) -> Config:
+    """The converters map the local spec's names (checkpoint keys are the same for both specs:
+    models/keys.py), so they build it whatever the platform."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, transformer_impl="local"))
+
+
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ConfigError(f"{hf_dir} is not a directory")
-    cfg = Config(model=model_config_from_hf(read_hf_config(hf_dir))).validate()
+    text_config, multimodal = language_model_config(read_hf_config(hf_dir))
+    cfg = Config(model=model_config_from_hf(text_config)).validate()
     reader = SafetensorsReader(hf_dir)
-    plan = _plan(reader, cfg)
+    plan = _plan(reader, cfg, multimodal)
     with staged_output(out_dir, overwrite, inputs=(hf_dir,)) as tmp:
         init_distributed(ParallelConfig(), seed=cfg.run.seed)
         try:
             from megatron_bond.models.gpt import build_model
 
-            (model,) = build_model(cfg, initialize=False)
+            (model,) = build_model(_local(cfg), initialize=False)
             params = model.state_dict(keep_vars=True)
             unset = set(k for k, v in params.items() if isinstance(v, torch.nn.Parameter))
             for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
@@ -70,7 +106,9 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
             save_model_checkpoint([model], cfg, tmp)
         finally:
             destroy_distributed()
-        copy_side_files(hf_dir, tmp / "hf")
+        copy_side_files(hf_dir, tmp / "hf", include_config=not multimodal)
+        if multimodal:  # what the checkpoint now is: a text-only Gemma 3, which the exporter writes back
+            (tmp / "hf" / "config.json").write_text(json.dumps(text_config, indent=2))
     return cfg
 
 
@@ -81,7 +119,7 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
     with staged_output(out_dir, overwrite, inputs=(ckpt_dir,)) as tmp:
         init_distributed(cfg.parallel, seed=cfg.run.seed)
         try:
-            (model,) = load_model_checkpoint(ckpt_dir, cfg)
+            (model,) = load_model_checkpoint(ckpt_dir, _local(cfg))
             params = model.state_dict()
             writer = SafetensorsWriter(tmp)
             plan = [(mk, hk, r.kind) for r in rules_for(cfg.model) for mk, hk in r.expand(cfg.model.num_layers)]

@@ -50,7 +50,7 @@ def check_export(policy_ckpt: Path, hf_dir: Path, prompts: list[str], out: Path)
     _run(_cli("score", "--ckpt", policy_ckpt, "--input", out / "check_in.jsonl", "--output", out / "check_out.jsonl"),
          "scoring the trained policy", quiet=True)
     ours = [json.loads(line)["logprobs"] for line in (out / "check_out.jsonl").read_text().splitlines()]
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
     worst = 0.0
     for row, got in zip(rows, ours):
         with torch.no_grad():

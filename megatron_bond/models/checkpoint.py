@@ -16,13 +16,14 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
+from megatron_bond.models.keys import canonical
 
 CONFIG_FILE = "megatron_bond.json"
 
 
 def _sharded(chunks) -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
-    return {f"chunk{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+    return {f"chunk{i}": canonical(chunk.sharded_state_dict()) for i, chunk in enumerate(chunks)}
 
 
 def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:

@@ -3,6 +3,8 @@ Gemma's embedding scale and final softcap, and an optional scalar reward head.""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
@@ -44,6 +46,7 @@ class BondGPTModel(GPTModel):
             softcap=self.final_logit_softcap,
             group=ps.get_tensor_model_parallel_group(),
             backend="triton" if torch.cuda.is_available() else "torch",
+            reduce_hidden_grad=not self.config.sequence_parallel,  # the gather's reduce-scatter sums them
         )
 
     def forward(self, *args, head=None, **kwargs):
@@ -57,8 +60,8 @@ class BondGPTModel(GPTModel):
         if not self.post_process:
             return super()._postprocess(hidden_states, *args, **kwargs)
         if self.reward_head is not None:
-            if self.config.sequence_parallel:
-                hidden_states = gather_from_sequence_parallel_region(hidden_states)
+            if self.config.sequence_parallel:  # the replicated head's gradient is whole on every rank: split it
+                hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
             return self.reward_head(hidden_states).squeeze(-1).transpose(0, 1).float()
         if self._head is None:
             if self.final_logit_softcap and kwargs.get("labels") is not None:
@@ -73,6 +76,26 @@ class BondGPTModel(GPTModel):
         else:
             weight = self.output_layer.weight
         return self._head(hidden_states, weight, self.head_spec())
+
+
+@contextlib.contextmanager
+def without_sequence_parallel(chunks):
+    """Generation and scoring run without sequence parallelism, as megatron-core's inference does (a
+    decode step's single position cannot be split over TP ranks): its own switch turns it off on the
+    model's modules and config, and back on for training."""
+    models = [c.module if hasattr(c, "module") else c for c in chunks]
+    if not models[0].config.sequence_parallel:
+        yield
+        return
+    from megatron.core.transformer.utils import set_model_to_sequence_parallel
+
+    for model in models:
+        set_model_to_sequence_parallel(model, False)
+    try:
+        yield
+    finally:
+        for model in models:
+            set_model_to_sequence_parallel(model, True)
 
 
 def _scale_by_sqrt_hidden(module, inputs, output):

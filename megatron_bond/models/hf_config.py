@@ -9,11 +9,73 @@ from typing import Any
 from megatron_bond.config import ConfigError, ModelConfig
 
 FAMILIES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
-ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "silu": "silu"}
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu", "silu": "silu"}
+
+
+def hf_activation(hf: dict, family: str) -> str:
+    """The MLP activation exactly as transformers 5 reads it, per family (docs/conversion.md):
+    Gemma reads ``hidden_act``, and the value "gelu" of the official Gemma 1 releases is a legacy name
+    for the tanh approximation (transformers rewrites it, with a warning); Gemma 2 and 3 read
+    ``hidden_activation``, where "gelu" means the exact (erf) GELU."""
+    if family == "gemma":
+        act = hf.get("hidden_act") or "gelu_pytorch_tanh"
+        return "gelu_pytorch_tanh" if act == "gelu" else act
+    return hf.get("hidden_activation") or "gelu_pytorch_tanh"
+
+
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+INTEGER_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+_TOKENS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
+# transformers' config-class defaults (GemmaConfig, Gemma2Config, Gemma3TextConfig) for every key read
+# here. transformers fills in whatever a config.json leaves out from them, and some releases leave out
+# much: the multimodal Gemma 3 releases store their text_config as a diff against Gemma3TextConfig (the
+# 27B's has no vocab_size, rope_theta or max_position_embeddings).
+HF_DEFAULTS = {
+    "gemma": {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576, "num_hidden_layers": 28,
+              "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256,
+              "max_position_embeddings": 8192, "rope_theta": 10000.0, **_TOKENS},
+    "gemma2": {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192,
+               "rope_theta": 10000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, **_TOKENS},
+    "gemma3_text": {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                    "max_position_embeddings": 131072, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0,
+                    "query_pre_attn_scalar": 256, "sliding_window": 4096, "sliding_window_pattern": 6,
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None, **_TOKENS},
+}
+_VISION = ("vision_tower.", "multi_modal_projector.")  # a multimodal Gemma 3's tensors outside its language model
 
 
-REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+def with_defaults(hf: dict) -> dict:
+    """``hf`` with transformers' defaults for the keys it leaves out (known families only)."""
+    return {**HF_DEFAULTS.get(hf.get("model_type"), {}), **hf}
+
+
+def is_vision_tensor(key: str) -> bool:
+    return any(part in key for part in _VISION)
+
+
+def language_model_config(hf: dict) -> tuple[dict, bool]:
+    """The complete config of the language model to convert, and whether the checkpoint is multimodal:
+    Gemma 3 4B/12B/27B are released as Gemma3ForConditionalGeneration (model_type "gemma3", the language
+    model's config nested as text_config); their language model is a text-only Gemma 3
+    (Gemma3ForCausalLM, or Gemma3TextForSequenceClassification for a Gemma3ForSequenceClassification)."""
+    if hf.get("model_type") != "gemma3" or not isinstance(hf.get("text_config"), dict):
+        return with_defaults(hf), False
+    text = dict(hf["text_config"])
+    # Token ids, tying and dtype live at the top level of the releases (eos [1, 106]: end of turn too).
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "tie_word_embeddings", "torch_dtype", "dtype"):
+        if key in hf and key not in text:
+            text[key] = hf[key]
+    classifier = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
+    if classifier:
+        text.update({k: hf[k] for k in ("num_labels", "id2label", "label2id") if k in hf})
+    text.update(model_type="gemma3_text", architectures=[
+        "Gemma3TextForSequenceClassification" if classifier else "Gemma3ForCausalLM"])
+    # Gemma3ForConditionalGeneration never applies a final softcap (Gemma3ForCausalLM would).
+    text["final_logit_softcapping"] = None
+    return with_defaults(text), True
 
 
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
@@ -26,9 +88,10 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(hf, dict):
         raise ConfigError(f"{path}: expected a JSON object, got a {type(hf).__name__}")
-    missing = [k for k in REQUIRED if not isinstance(hf.get(k), int)] if hf.get("model_type") in FAMILIES else []
-    if missing:
-        raise ConfigError(f"{path}: missing or non-integer {', '.join(repr(k) for k in missing)}")
+    text, _ = language_model_config(hf)
+    bad = [k for k in INTEGER_KEYS if not isinstance(text.get(k), int)] if text.get("model_type") in FAMILIES else []
+    if bad:
+        raise ConfigError(f"{path}: non-integer {', '.join(f'{k!r} ({text.get(k)!r})' for k in bad)}")
     return hf
 
 
@@ -64,12 +127,13 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
     if model_type not in FAMILIES:
         raise ConfigError(
             f"model_type {model_type!r} is not supported: supported are {', '.join(FAMILIES)} "
-            "(for Gemma 3 multimodal checkpoints, convert the text model)"
+            "and multimodal Gemma 3 (gemma3, whose language model is converted)"
         )
     family = FAMILIES[model_type]
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    hf = with_defaults(hf)
+    act = hf_activation(hf, family)
     if act not in ACTIVATIONS:
-        raise ConfigError(f"hidden activation {act!r} is not supported")
+        raise ConfigError(f"hidden activation {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
     is_classifier = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
     if is_classifier and hf.get("num_labels", len(hf.get("id2label") or {0: 0})) != 1:
         raise ConfigError("reward models need num_labels = 1")

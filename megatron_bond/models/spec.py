@@ -2,8 +2,9 @@
 
 The plain GPT family uses Megatron's specs unchanged. Gemma families take the same specs and swap in
 the modules of ``gemma_layers`` (norms, core attention, self-attention, post-normed projections).
-On CPU the local (non-TE) spec is used; on GPU with Transformer Engine installed the TE spec, with
-Megatron's zero-centred-gamma RMSNorm fused into the TE linears. Gemma's core attention (softcap,
+``model.transformer_impl`` picks the local (plain-torch) spec or the Transformer Engine spec, where
+Megatron's zero-centred-gamma RMSNorm is fused into the TE linears (``models/keys.py`` gives both specs'
+tensors the same checkpoint keys). Gemma's core attention (softcap,
 sliding windows) is Megatron's unfused ``DotProductAttention`` on both.
 """
 
@@ -24,7 +25,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-from megatron_bond.config import Config
+from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.gemma_layers import (
     GemmaCoreAttention,
     GemmaRMSNorm,
@@ -33,7 +34,7 @@ from megatron_bond.models.gemma_layers import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ACTIVATIONS = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "gelu": F.gelu}
 
 
 @dataclass
@@ -46,8 +47,7 @@ class BondTransformerConfig(TransformerConfig):
     rope_local_theta: Optional[float] = None
 
 
-def use_transformer_engine() -> bool:
-    """TE specs wherever TE imports and CUDA is present; the local spec everywhere else."""
+def _te_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
@@ -55,6 +55,15 @@ def use_transformer_engine() -> bool:
     except ImportError:
         return False
     return True
+
+
+def use_transformer_engine(cfg: Config) -> bool:
+    """model.transformer_impl resolved: "auto" takes TE wherever CUDA and TE are both present."""
+    impl = cfg.model.transformer_impl
+    if impl == "transformer_engine" and not _te_available():
+        raise ConfigError("model.transformer_impl: transformer_engine needs CUDA and Transformer Engine "
+                          "(pip install -e '.[gpu]', or the NVIDIA PyTorch container); use local or auto")
+    return impl == "transformer_engine" or (impl == "auto" and _te_available())
 
 
 def transformer_config(cfg: Config) -> BondTransformerConfig:
@@ -71,13 +80,16 @@ def transformer_config(cfg: Config) -> BondTransformerConfig:
         tensor_model_parallel_size=p.tp,
         pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.vpp,
+        sequence_parallel=p.sequence_parallel,
+        num_layers_in_first_pipeline_stage=p.first_stage_layers,
+        num_layers_in_last_pipeline_stage=p.last_stage_layers,
         pipeline_dtype=dtype,
         params_dtype=dtype,
         bf16=dtype is torch.bfloat16,
         fp16=dtype is torch.float16,
         normalization="RMSNorm",
         layernorm_epsilon=m.norm_epsilon,
-        layernorm_zero_centered_gamma=m.zero_centered_norm and use_transformer_engine(),
+        layernorm_zero_centered_gamma=m.zero_centered_norm and use_transformer_engine(cfg),
         gated_linear_unit=True,
         activation_func=ACTIVATIONS[m.activation],
         add_bias_linear=False,
@@ -89,12 +101,13 @@ def transformer_config(cfg: Config) -> BondTransformerConfig:
         sliding_window=m.sliding_window,
         attn_logit_softcap=m.attn_logit_softcap,
         rope_local_theta=m.rope_local_theta,
-        # The fused kernels below need apex / TE on CUDA; on CPU Megatron's plain-torch paths run.
+        # Fusions that megatron-core builds itself on CUDA (jit / its own kernels, with plain-torch
+        # fallbacks); on CPU Megatron's plain-torch paths run. persist_layer_norm stays off: it is
+        # apex's LayerNorm, and megatron-core's torch norms refuse it (seen on an H200).
         use_cpu_initialization=not on_gpu,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=on_gpu and m.activation == "silu",
         masked_softmax_fusion=on_gpu,
-        persist_layer_norm=on_gpu,
         bias_dropout_fusion=on_gpu,
         apply_rope_fusion=False,
         # gloo has no batched isend/irecv sync semantics on CPU; per-op p2p is exact there.
@@ -132,10 +145,17 @@ def _gemma_layer_spec(cfg: Config, te: bool) -> ModuleSpec:
 def decoder_spec(cfg: Config, num_layers_here: int):
     """The decoder's spec: Megatron's GPT layer spec, or for Gemma a block spec with this stage's
     ``num_layers_here`` Gemma layers and the (1 + w) final norm."""
-    te = use_transformer_engine()
+    te = use_transformer_engine(cfg)
     if cfg.model.family == "gpt":
         if te:
             return get_gpt_layer_with_transformer_engine_spec()
-        return get_gpt_layer_local_spec(normalization="RMSNorm")
+        if cfg.parallel.sequence_parallel:
+            raise ConfigError("parallel.sequence_parallel: the gpt family's local spec uses megatron-core's torch "
+                              "norms, which do not support it; use model.transformer_impl=transformer_engine")
+        layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+        # The final norm as the layers' (given a bare layer spec, megatron-core picks TE's wherever TE is
+        # installed, and "local" would not be local).
+        return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here,
+                                          layer_norm=layer.submodules.input_layernorm)
     layer = _gemma_layer_spec(cfg, te)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=GemmaRMSNorm)

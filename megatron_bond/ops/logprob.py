@@ -50,6 +50,10 @@ class HeadSpec:
     chunk_size: int | None = None  # tokens per chunk; None: CHUNK_BUDGET_ELEMENTS of logits
     group: dist.ProcessGroup | None = None  # tensor-parallel group; None: the full vocab is here
     backend: str = "torch"
+    # The hidden states are replicated over TP, so their gradient is the sum of the shards' partial
+    # gradients: all-reduced here, unless the caller's backward sums them (behind megatron-core's
+    # sequence-parallel gather, whose backward is a reduce-scatter: all-reducing too would count TP times).
+    reduce_hidden_grad: bool = True
 
     def tokens_per_chunk(self, tokens: int, rows: int, device: torch.device) -> int:
         if self.chunk_size:
@@ -264,7 +268,8 @@ def _fused_grads(hidden, weight, targets, coef, spec: HeadSpec, lse_all=None, wi
         g = _chunk_grad_(z, dcap, lse, m_local, coef[c], local_t, here, spec)
         _mm_into(grad_h[c], g, w_op, accumulate=False)
         _mm_into(grad_w, g.T, h_op[c], accumulate=True)
-    _all_reduce(grad_h, spec)  # hidden is replicated over TP: its gradient is the sum of the shards'
+    if spec.reduce_hidden_grad:
+        _all_reduce(grad_h, spec)
     return (grad_h, grad_w, value) if with_value else (grad_h, grad_w)
 
 

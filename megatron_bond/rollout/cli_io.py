@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_bond.config import ConfigError, ParallelConfig
+from megatron_bond.config import ConfigError
 from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
 from megatron_bond.rollout.generate import check_context
 from megatron_bond.rollout.sampling import SamplingParams
@@ -48,7 +48,9 @@ def generate_file(args) -> int:
 
     params = SamplingParams(greedy=args.greedy, temperature=1.0 if args.temperature is None else args.temperature,
                             top_k=args.top_k or 0, top_p=1.0 if args.top_p is None else args.top_p)
-    cfg = read_checkpoint_config(args.ckpt, ParallelConfig(tp=args.tp, pp=args.pp))
+    from megatron_bond.cli import parallel_from
+
+    cfg = read_checkpoint_config(args.ckpt, parallel_from(args))
     hf_file = Path(args.ckpt) / "hf" / "config.json"  # absent for a model trained from scratch
     hf_config = json.loads(hf_file.read_text()) if hf_file.is_file() else {}
     tokenizer = load_tokenizer(args.ckpt)

@@ -37,6 +37,14 @@ def check_context(prompt_len: int, max_new_tokens: int, max_seq_length: int, whe
 
 def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
              seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
+    from megatron_bond.models.gpt import without_sequence_parallel
+
+    with without_sequence_parallel(chunks):
+        return _generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids)
+
+
+def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
+              seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
     from megatron.core.inference.contexts import StaticInferenceContext
 
     if not prompts:

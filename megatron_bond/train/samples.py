@@ -45,7 +45,8 @@ def sample_responses(chunks, cfg: Config, prompts: list[list[int]], n: int, seed
 
 
 def response_logprobs(chunks, cfg: Config, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
-    """log π(response | prompt) summed over the response tokens, through the fused scoring head: [n] fp64.
+    """log π(response | prompt) summed over the response tokens, through the fused scoring head: [n] fp64,
+    on the host (the BOND maths and the metrics take a few numbers per prompt there).
     Never the sampler's log-probs: those come from full logits in the model dtype on another path."""
     out = []
     size = cfg.rollout.score_batch_size
@@ -55,4 +56,4 @@ def response_logprobs(chunks, cfg: Config, prompts: list[list[int]], responses: 
             logp = forward_rows(chunks, cfg, rows).double()  # [b, width − 1]: log p(t_i | t_<i), i ≥ 1
             for i, (p, r) in enumerate(zip(prompts[start : start + size], responses[start : start + size])):
                 out.append(logp[i, len(p) - 1 : len(p) - 1 + len(r)].sum())
-    return torch.stack(out)
+    return torch.stack(out).cpu()

@@ -96,7 +96,7 @@ def _optimizer(cfg: Config, model: list):
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
-        use_distributed_optimizer=_distributed_optimizer(cfg),
+        use_distributed_optimizer=uses_distributed_optimizer(cfg),
     ), model)
     steps = cfg.train.steps
     # One unit: optimizer steps. Step t (from 1) trains at the LR of num_steps = t (warm-up lr·t/W).
@@ -108,7 +108,7 @@ def _optimizer(cfg: Config, model: list):
     return optimizer, scheduler
 
 
-def _distributed_optimizer(cfg: Config) -> bool:
+def uses_distributed_optimizer(cfg: Config) -> bool:
     wanted = cfg.optimizer.distributed
     if wanted and not torch.cuda.is_available():
         raise ConfigError("optimizer.distributed needs CUDA (megatron-core's distributed optimizer refuses CPU tensors)")
@@ -123,7 +123,7 @@ def _wrap_ddp(cfg: Config, chunks: list) -> list:
     # data-parallel ranks (weights.py explains why the sum is right).
     config.calculate_per_token_loss = True
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=_distributed_optimizer(cfg))
+                                               use_distributed_optimizer=uses_distributed_optimizer(cfg))
     model = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
     config.finalize_model_grads_func = _finalize_summed
     config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync

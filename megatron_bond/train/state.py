@@ -3,9 +3,10 @@
     OUT/checkpoints/step_0000100/
         dist/                 megatron-core dist_checkpointing: policy weights ("policy." keys), the anchor's
                               fp32 EMA shadow ("anchor." keys), the optimizer state in model space (reshards
-                              across TP / PP / DP)
+                              across TP / PP / DP; the distributed optimizer's across DP only)
         rng/pp{p}_tp{t}_dp{d}.pt   each rank's Python, numpy, torch (CPU, CUDA) and Megatron tracker RNG state
-        trainer.json          step, LR scheduler, data position (epoch, index, shuffle seed)
+        trainer.json          step, LR scheduler, data position (epoch, index, shuffle seed), layout,
+                              the optimizer state's sharding
         config.json           the resolved config the run trained with
     OUT/checkpoints/latest    the name of the newest complete checkpoint, written last
 
@@ -35,9 +36,15 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
+from megatron_bond.models.keys import canonical
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# The distributed optimizer's state in megatron-core's fully parallel format (Megatron-LM's default):
+# each rank writes its own shards and nothing is gathered, so it reshards over data-parallel ranks only
+# (check_resumable says so before anything loads). Its default, fully_sharded_model_space, is refused
+# by megatron-core 0.16's own checkpointing (flattened ranges; seen on an H200).
+DIST_OPT_SHARDING = "dp_reshardable"
 FAULT_ENV = "MEGATRON_BOND_FAULT"  # tests: "<step>:<point>" makes rank 0 die there (os._exit), see _fault
 
 
@@ -57,7 +64,7 @@ def _unwrap(chunk):
 
 
 def _policy_state(t) -> dict:
-    return {f"chunk{i}": _unwrap(c).sharded_state_dict(prefix="policy.") for i, c in enumerate(t.policy)}
+    return {f"chunk{i}": canonical(_unwrap(c).sharded_state_dict(prefix="policy.")) for i, c in enumerate(t.policy)}
 
 
 def _anchor_state(t, fulls: list) -> dict:
@@ -67,7 +74,7 @@ def _anchor_state(t, fulls: list) -> dict:
     shadows = {p.data_ptr(): s for p, s in fulls}
     out = {}
     for i, chunk in enumerate(t.anchor.chunks):
-        for key, value in chunk.sharded_state_dict(prefix="anchor.").items():
+        for key, value in canonical(chunk.sharded_state_dict(prefix="anchor.")).items():
             if isinstance(value, (ShardedTensor, ShardedTensorFactory)) and value.data.data_ptr() in shadows:
                 full = shadows[value.data.data_ptr()]
                 extra = {"dtype": full.dtype} if isinstance(value, ShardedTensor) else {}
@@ -77,8 +84,32 @@ def _anchor_state(t, fulls: list) -> dict:
 
 def _state(t, is_loading: bool, fulls: list) -> dict:
     policy = _policy_state(t)
+    metadata = {"distrib_optim_sharding_type": DIST_OPT_SHARDING} if _optimizer_sharding(t.cfg) else None
     return {"policy": policy, "anchor": _anchor_state(t, fulls),
-            "optimizer": t.optimizer.sharded_state_dict(policy, is_loading=is_loading)}
+            "optimizer": t.optimizer.sharded_state_dict(policy, is_loading=is_loading, metadata=metadata)}
+
+
+def _optimizer_sharding(cfg: Config) -> str | None:
+    from megatron_bond.train.setup import uses_distributed_optimizer
+
+    return DIST_OPT_SHARDING if uses_distributed_optimizer(cfg) else None
+
+
+def _prime_adam_state(optimizer) -> None:
+    """Zero moments and step 0 for every parameter whose torch Adam state is still empty, for the load
+    to overwrite. Without apex or TE, megatron-core runs torch's AdamW, and its DistributedOptimizer's
+    state_dict() (called to build the load template) needs a step in every state entry, which a fresh
+    optimizer has none of (seen on an H200)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue  # apex's / TE's fused Adam: megatron-core reads their step another way
+        for group in inner.param_groups:
+            on_device = group.get("capturable") or group.get("fused")
+            for p in group["params"]:
+                if not inner.state[p]:
+                    inner.state[p].update(step=torch.zeros((), device=p.device if on_device else "cpu"),
+                                          exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
 
 
 def _rng_state() -> dict:
@@ -121,7 +152,8 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
     _fault(step, "after_tensors")
     if t.dist.rank == 0:
         trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
-                   "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}}
+                   "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp},
+                   "optimizer_sharding": _optimizer_sharding(t.cfg)}
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
         (tmp / "config.json").write_text(json.dumps(t.cfg.to_dict(), indent=2))
     torch.distributed.barrier()  # every rank's files are complete
@@ -159,6 +191,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def check_resumable(ckpt: Path, cfg: Config) -> None:
     """Same model, same algorithm, same data: only the layout (and the step budget, logging) may change."""
     saved = Config.from_dict(json.loads((ckpt / "config.json").read_text()))
+    # The layer implementation may change: checkpoint keys are the same for both (models/keys.py).
+    saved = dataclasses.replace(saved, model=dataclasses.replace(saved.model, transformer_impl=cfg.model.transformer_impl))
     for section in ("model", "bond", "data", "rollout"):
         if getattr(saved, section) != getattr(cfg, section):
             old, new = dataclasses.asdict(getattr(saved, section)), dataclasses.asdict(getattr(cfg, section))
@@ -168,6 +202,16 @@ def check_resumable(ckpt: Path, cfg: Config) -> None:
     if saved.run.seed != cfg.run.seed or saved.train.global_batch_size != cfg.train.global_batch_size:
         raise ConfigError(f"cannot resume from {ckpt}: run.seed and train.global_batch_size must stay as saved "
                           f"({saved.run.seed}, {saved.train.global_batch_size})")
+    sharding = json.loads((ckpt / "trainer.json").read_text()).get("optimizer_sharding")
+    if sharding != _optimizer_sharding(cfg):
+        raise ConfigError(f"cannot resume from {ckpt}: its optimizer state was saved "
+                          f"{'by the distributed optimizer' if sharding else 'unsharded'}; set optimizer.distributed="
+                          f"{'true' if sharding else 'false'} to resume it")
+    model_parallel = ("tp", "pp", "vpp", "first_stage_layers", "last_stage_layers")
+    if sharding and any(getattr(saved.parallel, k) != getattr(cfg.parallel, k) for k in model_parallel):
+        was = ", ".join(f"parallel.{k}={getattr(saved.parallel, k)}" for k in model_parallel)
+        raise ConfigError(f"cannot resume from {ckpt} at another tensor/pipeline layout: the distributed "
+                          f"optimizer's state ({sharding}) reshards over data-parallel ranks only; resume at {was}")
 
 
 def load_checkpoint(t, ckpt: Path) -> int:
@@ -175,6 +219,7 @@ def load_checkpoint(t, ckpt: Path) -> int:
     check_resumable(ckpt, t.cfg)
     trainer = json.loads((ckpt / "trainer.json").read_text())
     fulls = t.anchor.full_shadows()
+    _prime_adam_state(t.optimizer)
     template = _state(t, True, fulls)
     anchor_keys = {value.data.data_ptr(): key for key, value in template["anchor"].items()}
     state = dist_checkpointing.load(template, str(ckpt / "dist"))

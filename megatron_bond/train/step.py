@@ -91,7 +91,7 @@ def train_step(t: Trainer, step: int) -> dict:
 def _gather_dp(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a per-rank [share, ...] tensor over data-parallel ranks, in rank order."""
     if ps.get_data_parallel_world_size() == 1:
-        return x
+        return x.cpu()  # the global batch lives on the host wherever scoring ran (seen on an H200)
     x = x.to("cuda" if torch.cuda.is_available() else "cpu")  # NCCL gathers device tensors
     parts = [torch.empty_like(x) for _ in range(ps.get_data_parallel_world_size())]
     torch.distributed.all_gather(parts, x, group=ps.get_data_parallel_group())
@@ -108,6 +108,8 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     device = next(t.policy[0].parameters()).device
     rows = [p + r for p, r in zip(prompts, responses)]
     width = max(len(r) for r in rows)
+    if cfg.parallel.sequence_parallel:  # the sequence (width − 1 positions) splits evenly over TP ranks
+        width += -(width - 1) % cfg.parallel.tp
     tokens = torch.full((len(rows), width), cfg.model.pad_token_id, dtype=torch.long)
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = torch.tensor(row)

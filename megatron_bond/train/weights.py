@@ -32,7 +32,8 @@ from megatron_bond.config import BondConfig
 
 @dataclass
 class GlobalBatch:
-    """Sequence-level quantities of the whole step's batch (P prompts), fp64, on every rank."""
+    """Sequence-level quantities of the whole step's batch (P prompts), fp64, on the host of every rank
+    (a few numbers per prompt: the BOND maths runs on the CPU whatever device scored them)."""
 
     logp: Tensor  # [P, n_policy] log π_t(y) of the policy samples
     logp_anchor: Tensor  # [P, n_policy] log π_anchor(y) of the same samples (π_ref for REINFORCE)

@@ -43,7 +43,7 @@ def _wait_for(path: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def resave_at_layout(ckpt: str, tp: int, pp: int, out: str) -> None:
+def resave_at_layout(ckpt: str, tp: int, pp: int, out: str, stages: dict | None = None) -> None:
     """Load a checkpoint at this layout and save it again, as training at that layout would."""
     import shutil
 
@@ -54,16 +54,17 @@ def resave_at_layout(ckpt: str, tp: int, pp: int, out: str) -> None:
         if os.environ["RANK"] == "0":
             shutil.copytree(f"{ckpt}/hf", f"{out}/hf")
 
-    _at_layout(tp, pp, [ckpt], work)
+    _at_layout(tp, pp, [ckpt], work, stages)
 
 
-def _at_layout(tp: int, pp: int, ckpts: list[str], work) -> list:
-    """Initialise the layout once, then ``work(chunks, cfg)`` for each checkpoint."""
+def _at_layout(tp: int, pp: int, ckpts: list[str], work, stages: dict | None = None) -> list:
+    """Initialise the layout once (``stages``: first_stage_layers / last_stage_layers, for uneven
+    stages), then ``work(chunks, cfg)`` for each checkpoint."""
     from megatron_bond.config import ParallelConfig
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
     from megatron_bond.runtime import destroy_distributed, init_distributed
 
-    parallel = ParallelConfig(tp=tp, pp=pp)
+    parallel = ParallelConfig(tp=tp, pp=pp, **(stages or {}))
     init_distributed(parallel, seed=0)
     try:
         out = []
@@ -75,10 +76,10 @@ def _at_layout(tp: int, pp: int, ckpts: list[str], work) -> list:
         destroy_distributed()
 
 
-def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]]) -> list:
+def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]], stages: dict | None = None) -> list:
     from megatron_bond.scoring import score_rows
 
-    return _at_layout(tp, pp, ckpts, lambda chunks, cfg: score_rows(chunks, cfg, rows, batch_size=3))
+    return _at_layout(tp, pp, ckpts, lambda chunks, cfg: score_rows(chunks, cfg, rows, batch_size=3), stages)
 
 
 def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], max_new_tokens: int,

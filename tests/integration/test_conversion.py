@@ -30,10 +30,32 @@ def test_round_trip_is_bit_exact_and_loads_in_transformers(converted, tmp_path, 
     done = export(root / "ckpt", tmp_path / "back")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_weights(root / "hf", tmp_path / "back")
-    loaded = getattr(transformers, type(model).__name__).from_pretrained(tmp_path / "back").eval()
+    loaded = getattr(transformers, type(model).__name__).from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
     tokens = torch.tensor([[5, 9, 200, 3, 77]])
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+
+
+@pytest.mark.parametrize("variant, exported", [("gemma3_multimodal", "Gemma3ForCausalLM"),
+                                               ("gemma3_multimodal_reward", "Gemma3TextForSequenceClassification")])
+def test_multimodal_gemma3_exports_as_its_text_model(converted, tmp_path, variant, exported):
+    """The language model of a Gemma3ForConditionalGeneration (or the reward model of a
+    Gemma3ForSequenceClassification) converts alone (the vision tower is left out) and exports as a
+    text-only Gemma 3: the same tensors bit for bit, under the text model's names, and transformers'
+    text model gives the multimodal model's logits."""
+    import transformers
+
+    root, model, _, _ = converted(variant)
+    done = export(root / "ckpt", tmp_path / "back")
+    assert done.returncode == 0, done.stderr[-2000:]
+    source, back = load_file(root / "hf" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    language = {"model." + k[len("language_model.model."):]: v for k, v in source.items() if k.startswith("language_model.model.")}
+    language.update({k: v for k, v in source.items() if k.startswith("score.")})
+    assert language.keys() == back.keys() and all(torch.equal(language[k], back[k]) for k in back)
+    loaded = getattr(transformers, exported).from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
+    tokens = torch.tensor([[5, 9, 200, 3, 77]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens).logits, model(input_ids=tokens).logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.distributed

@@ -1,7 +1,9 @@
 """Converted Gemma checkpoints score exactly like transformers at every TP/PP layout.
 
-Tiny random HF models (MQA, MHA, GQA; Gemma 2 softcaps and sliding windows; Gemma 3 q/k norms, local
-RoPE base and linear RoPE scaling; a Gemma 2 reward model), vocab 251 (padded to 256, split unevenly at
+Tiny random HF models (Gemma 1 MQA and MHA with the releases' legacy "hidden_act": "gelu"; Gemma 2
+softcaps and sliding windows; Gemma 3 q/k norms, local RoPE base and linear RoPE scaling; a multimodal
+Gemma 3 whose language model alone is converted, against its own text logits; a Gemma 2 reward model),
+vocab 251 (padded to 256, split unevenly at
 TP=2), sequences of 2, 5, 17 and 30 tokens (beyond the sliding window of 6), fp32. Converted with the
 real tool; each layout scores every variant in one launch of gloo ranks, and `megatron-bond score`
 itself runs once at TP=2.
@@ -16,7 +18,8 @@ from tests.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
 
-VARIANTS = ["gemma_mqa", "gemma_mha", "gemma2_gqa", "gemma3_gqa", "gemma2_reward"]
+VARIANTS = ["gemma_mqa", "gemma_mha", "gemma2_gqa", "gemma3_gqa", "gemma3_multimodal", "gemma2_reward",
+            "gemma3_multimodal_reward"]
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
 # The project's parity criterion for fp32 log-probs. transformers and megatron-core do not only reorder
 # sums, they compute Gemma with different fused forms (RoPE layout, fused QKV, per-group attention), so
@@ -43,7 +46,7 @@ def scored(converted):
 
 
 def max_error(variant, got, ref):
-    if variant.endswith("reward"):
+    if "reward" in variant:
         return max(abs(g - r) for g, r in zip(got, ref))
     return max((torch.tensor(g) - r).abs().max().item() for g, r in zip(got, ref))
 
@@ -53,7 +56,7 @@ def max_error(variant, got, ref):
 def test_score_matches_transformers(converted, scored, variant, layout):
     _, _, rows, ref = converted(variant)
     got = scored(layout)[variant]
-    if not variant.endswith("reward"):
+    if "reward" not in variant:
         assert [len(g) for g in got] == [len(r) - 1 for r in rows]
     err = max_error(variant, got, ref)
     print(f"{variant} tp={layout[0]} pp={layout[1]}: max |Δ| = {err:.2e}")
@@ -65,5 +68,5 @@ def test_score_command_at_tp2(converted, tmp_path, variant):
     root, _, rows, ref = converted(variant)
     out = run_ranks("tests.integration.bodies:score_checkpoint", 2,
                     {"ckpt": str(root / "ckpt"), "tp": 2, "pp": 1, "rows": rows, "out": str(tmp_path / "o.jsonl")})[0]
-    key = "reward" if variant.endswith("reward") else "logprobs"
+    key = "reward" if "reward" in variant else "logprobs"
     assert max_error(variant, [o[key] for o in out], ref) < TOL

@@ -111,6 +111,15 @@ def catalogue(tmp_path_factory, converted):
 
     case("train_resume_other_model", "cannot resume", resume_changed)
 
+    def resume_distributed_optimizer_state(d):  # saved on GPUs by the distributed optimizer
+        dist = copy_run(d)
+        trainer = dist.parent / "trainer.json"
+        trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "optimizer_sharding": "dp_reshardable"}))
+        return cli(*_train_args(d / "run"))
+
+    case("train_resume_sharded_optimizer_state", "saved by the distributed optimizer; set optimizer.distributed=true",
+         resume_distributed_optimizer_state)
+
     def truncated_ckpt(d):
         dist = copy_run(d)
         shard = sorted(dist.glob("*.distcp"))[0]
@@ -209,8 +218,8 @@ def catalogue(tmp_path_factory, converted):
     case("convert_truncated_weights", "model.safetensors: not a readable safetensors file", lambda d: hf_copy(d, truncate_weights))
     case("convert_config_not_json", "config.json:1: not valid JSON", lambda d: hf_copy(d, edit_config("{not json")))
     case("convert_config_a_list", "expected a JSON object, got a list", lambda d: hf_copy(d, edit_config("[1, 2]")))
-    case("convert_config_missing_heads", "missing or non-integer 'num_attention_heads'",
-         lambda d: hf_copy(d, edit_config(json.dumps({k: v for k, v in cfg.items() if k != "num_attention_heads"}))))
+    case("convert_config_heads_not_integer", "non-integer 'num_attention_heads' ('4')",
+         lambda d: hf_copy(d, edit_config(json.dumps({**cfg, "num_attention_heads": "4"}))))
 
     def out_under_file(d):
         shutil.copytree(hf, d / "hf")

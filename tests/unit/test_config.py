@@ -26,7 +26,7 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("parallel.tpp=2", "unknown key 'parallel.tpp' (known: tp, pp, vpp, micro_batch_size, recompute)"),
+        ("parallel.tpp=2", "unknown key 'parallel.tpp' (known: tp, pp, vpp, micro_batch_size, recompute, sequence_parallel, first_stage_layers, last_stage_layers)"),
         ("parallel.tp=two", "parallel.tp: expected int, got 'two'"),
         ("parallel.tp=true", "parallel.tp: expected int, got True"),
         ("bond.algorithm=ppo", "bond.algorithm: 'ppo' is not one of ['jbond', 'bond', 'reinforce']"),
