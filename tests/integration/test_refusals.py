@@ -246,6 +246,7 @@ CASE_NAMES = [
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
     "train_batch_of_one", "train_bf16_on_cpu", "train_unwritable_output", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
+    "train_resume_sharded_optimizer_state",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_latest_names_missing_step",
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
     "train_empty_prompt_file", "train_prompts_longer_than_context", "train_prompt_ids_outside_vocab",
@@ -254,7 +255,7 @@ CASE_NAMES = [
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
     "config_yaml_syntax", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
     "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
-    "convert_config_missing_heads", "convert_out_under_a_file", "export_incomplete_checkpoint",
+    "convert_config_heads_not_integer", "convert_out_under_a_file", "export_incomplete_checkpoint",
 ]
 
 
