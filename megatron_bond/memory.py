@@ -133,46 +133,52 @@ class Plan:
 
 def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_gpu: bool = True,
          distributed_optimizer: bool | None = None, recompute: bool = False) -> Plan:
-    """Itemised bytes per GPU of the fullest pipeline stage (the first: it holds the embedding and the
-    most microbatches in flight). With uneven stages the largest stage's parameters and layers are
-    counted with the first stage's microbatches in flight: an upper bound, not one stage's exact sum."""
+    """Itemised bytes per GPU of the fullest pipeline stage: each stage is counted with its own
+    parameters, layers and microbatches in flight (1F1B: pp − s on stage s), and the largest wins."""
     m, p = cfg.model, cfg.parallel
     tp, pp = p.tp, p.pp
     dp = alloc.world // (tp * pp)
     dist_opt = on_gpu if distributed_optimizer is None else distributed_optimizer
     shard = dp if dist_opt else 1
-    per_stage = p.stage_layers(m.num_layers)
-    n = max(stage_params(m, tp, pp, s, per_stage[s]) for s in range(pp))
+    sharded = " (sharded over DP)" if dist_opt and dp > 1 else ""
+    policy_layers = p.stage_layers(m.num_layers)
+    reward_layers = p.beside_policy(reward.num_layers, m.num_layers).stage_layers(reward.num_layers) if reward else None
     w = DTYPE_BYTES[m.params_dtype]
-    masters = 4 * n if w != 4 else 0
-    layers = max(per_stage)
     seq = _seq(cfg)
     n_policy, n_anchor = samples_per_prompt(cfg.bond)
     rollout_batch = cfg.rollout.batch_size * max(n_policy, n_anchor)
-    inflight = min(pp, 2 * cfg.train.global_batch_size // dp // p.micro_batch_size)
-    acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=pp == 1) if not recompute
-            else layers * p.micro_batch_size * seq * m.hidden_size * w + activation_bytes(m, tp, 1, seq, p.micro_batch_size))
-    items = {
-        "policy weights": w * n,
-        "policy gradients (fp32 buffer)": 4 * n,
-        "optimizer: Adam moments" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): 8 * n / shard,
-        "optimizer: fp32 masters" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): masters / shard,
-        "anchor weights": w * n,
-        "anchor fp32 EMA shadow" + (" (sharded over DP)" if dist_opt and dp > 1 else ""): 4 * n / shard,
-        "reward model weights": DTYPE_BYTES[m.params_dtype] * max(
-            stage_params(reward, tp, pp, s, p.beside_policy(reward.num_layers, m.num_layers).stage_layers(
-                reward.num_layers)[s]) for s in range(pp)) if reward else 0,
-        "rollout KV cache": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
-        "training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight": inflight * acts,
-        "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq),
-    }
+    microbatches = 2 * cfg.train.global_batch_size // dp // p.micro_batch_size
+
+    def stage(s: int) -> tuple[dict, int]:
+        n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
+        inflight = min(pp - s, microbatches)
+        acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last) if not recompute
+                else layers * p.micro_batch_size * seq * m.hidden_size * w
+                + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
+        items = {
+            "policy weights": w * n,
+            "policy gradients (fp32 buffer)": 4 * n,
+            "optimizer: Adam moments" + sharded: 8 * n / shard,
+            "optimizer: fp32 masters" + sharded: (4 * n if w != 4 else 0) / shard,
+            "anchor weights": w * n,
+            "anchor fp32 EMA shadow" + sharded: 4 * n / shard,
+            "reward model weights": w * stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0,
+            "rollout KV cache": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
+            "training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight": inflight * acts,
+            "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
+        }
+        return items, n
+
+    fullest = max(range(pp), key=lambda s: sum(stage(s)[0].values()))
+    items, n = stage(fullest)
     tensors = sum(items.values())
     if on_gpu:
         items["allocator slack (10 %)"] = FRAGMENTATION * tensors
         items["CUDA context, NCCL, workspaces"] = CUDA_OVERHEAD
     host = {"π_ref weights (host copy)": w * n}
+    where = f", stage {fullest} of {pp}" if pp > 1 else ""
     return Plan(items, host, sum(items.values()), alloc.gpu_memory_gb * GiB,
-                f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}")
+                f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}")
 
 
 def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, **kw) -> str | None:
