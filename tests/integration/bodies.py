@@ -83,7 +83,8 @@ def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]], stages
 
 
 def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], max_new_tokens: int,
-                  sampling: dict, seed: int = 0, stop_ids: tuple = (), repeat: bool = False) -> list[dict]:
+                  sampling: dict, seed: int = 0, stop_ids: tuple = (), repeat: bool = False,
+                  stages: dict | None = None) -> list[dict]:
     """Rollouts of each checkpoint at this layout, plus `score`'s log-probs of the same tokens."""
     from megatron_bond.rollout.generate import generate
     from megatron_bond.rollout.sampling import SamplingParams
@@ -99,4 +100,4 @@ def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], 
                 "again": again.responses if again else None,
                 "scored": [s[len(p) - 1:] for s, p in zip(scored, out.prompts)]}
 
-    return _at_layout(tp, pp, ckpts, work)
+    return _at_layout(tp, pp, ckpts, work, stages)

@@ -1,7 +1,8 @@
 """Uneven pipeline stages: Gemma's layer counts (18, 26, 42, 46, 62) rarely split evenly over the PP a
 size needs. Tiny Gemma 2 and 3 and a reward model with 3 and 5 layers score like transformers at PP=2
-with stages of 2+1 and 3+2 layers (and TP=2×PP=2), and a checkpoint saved at uneven PP=2 loads at TP=2
-and PP=1 and exports back bit for bit. Tolerance: the parity criterion of test_gemma_parity.py."""
+with stages of 2+1 and 3+2 layers (and TP=2×PP=2), greedy generation crosses an uneven boundary as
+transformers generates, and a checkpoint saved at uneven PP=2 loads at TP=2 and PP=1 and exports back
+bit for bit. Tolerance: the parity criterion of test_gemma_parity.py."""
 
 import pytest
 
@@ -40,3 +41,15 @@ def test_checkpoint_saved_at_uneven_pp_reshards_and_exports_bit_exact(converted,
         done = export(tmp_path / name, tmp_path / f"{name}_hf")
         assert done.returncode == 0, done.stderr[-2000:]
         assert_same_weights(root / "hf", tmp_path / f"{name}_hf")
+
+
+def test_greedy_generation_at_uneven_stages_equals_transformers(converted):
+    """Rollouts cross the uneven stage boundary once per new token (KV caches per stage)."""
+    from tests.integration.test_generate import LOGP_TOL, NEW, hf_greedy, prompts
+
+    root, model, _, _ = converted("gemma3_5layers")
+    (got,) = run_ranks("tests.integration.bodies:generate_many", 2,
+                       {"ckpts": [str(root / "ckpt")], "tp": 1, "pp": 2, "prompts": prompts(), "max_new_tokens": NEW,
+                        "sampling": {"greedy": True}, "stages": VARIANTS["gemma3_5layers"]}, timeout=300)[0]
+    assert got["responses"] == [hf_greedy(model, p) for p in prompts()]
+    assert max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(got["logprobs"], got["scored"])) < LOGP_TOL
