@@ -27,8 +27,10 @@ UNTIMED = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")
 
 def submit(run_dir) -> str:
     env = {**os.environ, "RECIPE": "recipes/tiny_cpu.yaml", "OVERRIDES": " ".join(OVERRIDES), "RUN_DIR": str(run_dir)}
+    # Slurm's own output file beside the run (its default, slurm-<id>.out, would land in the checkout)
     done = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
-                           "--time=15", "slurm/jbond_gemma.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "--time=15", f"--output={run_dir.parent}/slurm-%j.out", "slurm/jbond_gemma.sh"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().split(";")[0]
 
