@@ -134,8 +134,9 @@ class BondConfig:
     n: int = 2  # Best-of-N of the anchor (BOND); J-BOND uses 2 anchor samples
     k: int = 8  # reference (anchor) samples per prompt for BOND's Monte-Carlo quantiles
     # How the anchor follows the policy: "ema" (J-BOND; rate eta), "swap" (iterative BOND: replaced by
-    # the policy every swap_every steps), "fixed" (stays π_ref; REINFORCE always uses it as π_ref).
-    anchor: Literal["ema", "swap", "fixed"] = "ema"
+    # the policy every swap_every steps), "fixed" (stays π_ref; REINFORCE always uses it as π_ref);
+    # "auto": fixed for reinforce, ema otherwise (resolved before training).
+    anchor: Literal["auto", "ema", "swap", "fixed"] = "auto"
     swap_every: int = 50
     beta_rl: float = 0.01  # KL weight of the REINFORCE baseline
 
@@ -286,8 +287,8 @@ class Config:
         _require(b.k >= 1, "bond.k", "must be >= 1")
         _require(b.swap_every >= 1, "bond.swap_every", "must be >= 1")
         _require(b.gamma >= 0.0, "bond.gamma", "must be >= 0 (a negative γ raises KL to the anchor)")
-        _require(b.algorithm != "reinforce" or b.anchor == "fixed", "bond.anchor",
-                 "reinforce keeps its anchor fixed at π_ref: set bond.anchor=fixed")
+        _require(b.algorithm != "reinforce" or b.anchor in ("auto", "fixed"), "bond.anchor",
+                 "reinforce keeps its anchor fixed at π_ref: leave bond.anchor unset (or fixed)")
         _require(self.reward.ckpt is None or self.reward.function is None, "reward",
                  "give reward.ckpt or reward.function, not both")
         _require(self.reward.function is None or ":" in self.reward.function, "reward.function",
@@ -308,6 +309,18 @@ class Config:
         _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
                  "the leave-one-out baseline needs at least 2 prompts per step")
         return self
+
+    def check_batch_split(self, dp: int) -> None:
+        """What the world size decides: the batch split over ``dp`` data-parallel ranks and into
+        microbatches (checked by the trainer at start and by the memory planner for an allocation)."""
+        t, p = self.train, self.parallel
+        if t.global_batch_size % dp:
+            raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by the "
+                              f"data-parallel size {dp} (world {dp * p.tp * p.pp} / tp·pp {p.tp * p.pp})")
+        sequences = 2 * t.global_batch_size // dp  # two training sequences per prompt
+        if sequences % p.micro_batch_size:
+            raise ConfigError(f"parallel.micro_batch_size ({p.micro_batch_size}) must divide the {sequences} "
+                              f"training sequences per data-parallel rank (2 per prompt)")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

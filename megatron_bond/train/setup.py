@@ -21,7 +21,7 @@ TINY_STOP_IDS = (1,)  # eos of the tiny run's vocabulary (pad/eos/bos/unk = 0/1/
 
 def resolve_config(cfg: Config) -> Config:
     """The config a run trains with (before any process group): the architecture of the policy
-    checkpoint when there is one, and the training dtype. Saved as the run's config.yaml."""
+    checkpoint when there is one, the training dtype and the anchor's mode. Saved as config.yaml."""
     model = cfg.model
     if cfg.policy.ckpt:
         from megatron_bond.models.checkpoint import read_checkpoint_config
@@ -35,19 +35,10 @@ def resolve_config(cfg: Config) -> Config:
                           "optimizer takes CUDA tensors only): use float32 on CPU")
     if model.reward_head:
         raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
-    return dataclasses.replace(cfg, model=dataclasses.replace(model, params_dtype=dtype)).validate()
-
-
-def check_layout(cfg: Config, dist: DistEnv) -> None:
-    """What the world size decides: the batch split over data-parallel ranks and into microbatches."""
-    t, p = cfg.train, cfg.parallel
-    if t.global_batch_size % dist.dp:
-        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by the "
-                          f"data-parallel size {dist.dp} (world {dist.world_size} / tp·pp {p.tp * p.pp})")
-    sequences = 2 * t.global_batch_size // dist.dp  # two training sequences per prompt
-    if sequences % p.micro_batch_size:
-        raise ConfigError(f"parallel.micro_batch_size ({p.micro_batch_size}) must divide the {sequences} "
-                          f"training sequences per data-parallel rank (2 per prompt)")
+    bond = cfg.bond
+    if bond.anchor == "auto":
+        bond = dataclasses.replace(bond, anchor="fixed" if bond.algorithm == "reinforce" else "ema")
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, params_dtype=dtype), bond=bond).validate()
 
 
 @dataclass
@@ -147,7 +138,7 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     from megatron_bond.models.gpt import build_model
     from megatron.core import parallel_state as ps
 
-    check_layout(cfg, dist)
+    cfg.check_batch_split(dist.dp)
     tokenizer, bos_id, stop_ids = _side_files(cfg)
     # Every rank reads the prompts (the datasets cache is written once, by rank 0 first).
     if dist.rank == 0:

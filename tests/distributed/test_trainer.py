@@ -12,7 +12,7 @@ import torch
 
 from tests.distributed.train_bodies import GRAD_DEPTH, LOSS_DEPTH, TERMS
 from tests.harness import run_ranks
-from tests.tolerances import U32, adam_first_step_bound, assert_reorder_close
+from tests.tolerances import U32, adam_first_step_bound, assert_reorder_close, max_abs, reorder_bound
 
 pytestmark = pytest.mark.distributed
 
@@ -36,6 +36,12 @@ def assert_same_step(got: dict, ref: dict, loss_depth: int = LOSS_DEPTH, grad_de
     assert_reorder_close(got["row"]["kl/anchor"], ref["row"]["kl/anchor"], TERMS, loss_depth, "kl/anchor")
     for key, g in ref["grads"].items():
         assert_reorder_close(got["grads"][key], g, TERMS, grad_depth, key)
+    # ‖g‖ before clipping: |‖a‖ − ‖b‖| ≤ ‖a − b‖ ≤ √P·max|Δg| (each entry within the gradient bound),
+    # plus the rounding of a sum of P squares, relative P·u on ‖g‖², so P·u/2 on ‖g‖, in each run.
+    n_params = sum(g.numel() for g in ref["grads"].values())
+    norm_bound = (n_params**0.5 * max(reorder_bound(max_abs(g), TERMS, grad_depth) for g in ref["grads"].values())
+                  + n_params * U32 * ref["row"]["grad_norm"])
+    assert abs(got["row"]["grad_norm"] - ref["row"]["grad_norm"]) <= norm_bound, "grad_norm"
     for key, p in ref["after"].items():
         bound = adam_first_step_bound(ref["grads"][key], got["grads"][key], ref["lr"], ref["eps"], ref["before"][key])
         assert ((got["after"][key] - p).abs() <= bound).all(), key
@@ -54,12 +60,16 @@ def test_one_training_step_matches_tp1(layout):
 
 
 def test_data_parallel_sums_like_one_big_microbatch():
-    """The 1/B normalisation is defined once: DP=2 with 2 microbatches per rank must equal DP=1 with
-    one microbatch of the whole batch (8 sequences). Sampling groups of 2 prompts keep the samples
-    themselves independent of the layout (train/samples.py)."""
-    common = ("rollout.batch_size=2",)
-    ref = step_at(1, 1, 1, common + ("parallel.micro_batch_size=8",))
-    got = step_at(1, 1, 2, common + ("parallel.micro_batch_size=2",))
+    """The 1/B normalisation is defined once: DP=2 with 2 microbatches per rank (4 of its 8 sequences
+    each) must equal DP=1 with one microbatch of the whole batch (8 prompts × 2 = 16 sequences).
+    Clipping is off, so the gradients and ‖g‖ compared are the raw sums: dividing by the microbatch
+    count (Megatron's default) or averaging over DP scales them by 1/2, far outside the bounds (checked
+    by that mutation in forward_step). Sampling groups of 2 prompts keep the samples themselves
+    independent of the layout (train/samples.py)."""
+    common = ("rollout.batch_size=2", "optimizer.clip_grad=0")
+    ref = step_at(1, 1, 1, common + ("parallel.micro_batch_size=16",))
+    got = step_at(1, 1, 2, common + ("parallel.micro_batch_size=4",))
+    assert ref["row"]["grad_norm"] > 0
     assert_same_step(got, ref)
 
 
@@ -78,7 +88,7 @@ def test_bf16_policy_keeps_an_fp32_anchor():
 
 @pytest.mark.parametrize("algorithm", [
     ("bond.algorithm=bond", "bond.n=4", "bond.k=4", "bond.anchor=swap", "bond.swap_every=1"),
-    ("bond.algorithm=reinforce", "bond.anchor=fixed", "bond.beta_rl=0.1"),
+    ("bond.algorithm=reinforce", "bond.beta_rl=0.1"),  # its anchor is fixed without being told
 ], ids=["bond", "reinforce"])
 def test_bond_and_reinforce_steps_run(algorithm):
     """One step of each other algorithm at TP=2: it trains, reports its own terms, and its anchor is
