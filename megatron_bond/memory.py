@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_bond.config import Config, ModelConfig
+from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
 from megatron_bond.train.weights import samples_per_prompt
 
@@ -190,8 +190,13 @@ def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, 
     groups = m.num_query_groups or m.num_attention_heads
 
     def fits(c, a, **extra):
-        dp_ok = a.world % (c.parallel.tp * c.parallel.pp) == 0
-        return dp_ok and plan(c, a, reward, **{**kw, **extra}).fits
+        if a.world % (c.parallel.tp * c.parallel.pp):
+            return False
+        try:
+            c.check_batch_split(a.world // (c.parallel.tp * c.parallel.pp))
+        except ConfigError:
+            return False
+        return plan(c, a, reward, **{**kw, **extra}).fits
 
     if fits(cfg, alloc, recompute=True):
         return "full activation recompute (parallel.recompute=true)"

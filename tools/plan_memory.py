@@ -12,11 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from megatron_bond import silence_notices
 from megatron_bond.config import ConfigError, load_config
 from megatron_bond.memory import Allocation, format_plan, plan, smallest_change
-
-silence_notices()
 
 
 def main() -> int:
@@ -47,6 +44,7 @@ def main() -> int:
         alloc = Allocation(args.nodes, gpus, args.gpu_memory_gb)
         if alloc.world % (cfg.parallel.tp * cfg.parallel.pp):
             raise ConfigError(f"{alloc.world} ranks are not divisible by tp*pp={cfg.parallel.tp * cfg.parallel.pp}")
+        cfg.check_batch_split(alloc.world // (cfg.parallel.tp * cfg.parallel.pp))  # what the trainer would refuse
         result = plan(cfg, alloc, reward, on_gpu=on_gpu, recompute=cfg.parallel.recompute)
         change = None if result.fits else smallest_change(cfg, alloc, reward, on_gpu=on_gpu)
     except ConfigError as err:

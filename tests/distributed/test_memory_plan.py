@@ -3,6 +3,7 @@ parameter, gradient, optimizer and EMA-shadow bytes equal megatron-core's tensor
 tiny Gemma 2 at TP=2×PP=2; activations are within 25 % of the bytes autograd saves for backward; and the
 tool gives a verdict for every shipped recipe."""
 
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,9 @@ from tests.harness import ROOT, run_ranks
 
 pytestmark = pytest.mark.distributed
 
-RECIPES = {"jbond_gemma_2b": 1, "jbond_gemma_7b": 2, "jbond_gemma2_9b": 2, "jbond_gemma2_27b": 4, "jbond_gemma3_27b": 4}
+# Every cluster recipe, with the nodes its header tells users to sbatch (a recipe added later is picked up)
+RECIPES = {p.stem: int(re.search(r"sbatch --nodes=(\d+)", p.read_text()).group(1))
+           for p in sorted((ROOT / "recipes").glob("jbond_*.yaml"))}
 
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)], ids=["tp1", "tp2pp2"])
@@ -29,6 +32,10 @@ def test_activations_within_25_percent_of_what_autograd_saves(tp, seq, micro_bat
         assert abs(rank["planned"] - rank["measured"]) <= 0.25 * rank["measured"], rank
 
 
+def test_the_five_gemma_recipes_are_planned():
+    assert len(RECIPES) >= 5, RECIPES
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_shipped_recipe_fits_its_stated_nodes(recipe):
     done = subprocess.run([sys.executable, "tools/plan_memory.py", f"recipes/{recipe}.yaml", "--nodes",
@@ -36,6 +43,13 @@ def test_every_shipped_recipe_fits_its_stated_nodes(recipe):
     assert done.returncode == 0 and "verdict: fits" in done.stdout, done.stdout + done.stderr
     assert f"on {RECIPES[recipe]} × 8" in done.stdout
     assert f"sbatch --nodes={RECIPES[recipe]}" in (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+
+
+def test_a_batch_that_data_parallel_ranks_cannot_split_is_refused():
+    """7B on 3 nodes: DP = 24 / (tp·pp 4) = 6 does not divide 128 prompts, which the trainer would refuse."""
+    done = subprocess.run([sys.executable, "tools/plan_memory.py", "recipes/jbond_gemma_7b.yaml", "--nodes", "3",
+                           "--gpus-per-node", "8"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "must be divisible by the data-parallel size 6" in done.stderr, done.stderr
 
 
 def _plan(*args):

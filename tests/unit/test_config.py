@@ -2,6 +2,7 @@ import pytest
 
 from megatron_bond.cli import main
 from megatron_bond.config import Config, ConfigError, load_config
+from tests.harness import ROOT
 
 RECIPE = "recipes/tiny_cpu.yaml"
 
@@ -72,3 +73,11 @@ def test_cli_simulate_runs_and_writes_history(tmp_path, capsys):
     rows = [__import__("json").loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 20 and rows[-1]["quantile"] > rows[0]["quantile"]
     assert "Best-of-N KL at this quantile" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_loads_and_validates(recipe):
+    """Keys, types and values, layout against heads and layers (the cluster recipes' layout against
+    their allocation is tests/distributed/test_memory_plan.py's)."""
+    cfg = load_config(f"recipes/{recipe}", [])
+    assert cfg.validate() is cfg
