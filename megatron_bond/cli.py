@@ -7,11 +7,8 @@ import json
 import os
 import sys
 
-from megatron_bond import silence_notices
 from megatron_bond.config import ConfigError, load_config
 from megatron_bond.runtime.distributed import DistributedSetupError
-
-silence_notices()
 
 
 def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -114,7 +111,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in --help, except where there is none to show (required options, flags, None)."""
 
     def _get_help_string(self, action):
-        if action.required or action.default in (None, False) or action.default is argparse.SUPPRESS:
+        # `is`, not `in`: 0 and 0.0 compare equal to False and are real defaults to show
+        if action.required or action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 
@@ -127,8 +125,10 @@ def _layout_args(p) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint directory (tools/convert_hf_to_megatron.py, or a run's policy/)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (the checkpoint reshards on load)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
-    p.add_argument("--first-stage-layers", type=int, help="layers of the first pipeline stage (uneven stages)")
-    p.add_argument("--last-stage-layers", type=int, help="layers of the last pipeline stage (uneven stages)")
+    p.add_argument("--first-stage-layers", type=int,
+                   help="layers of the first pipeline stage (uneven stages); default: an even split")
+    p.add_argument("--last-stage-layers", type=int,
+                   help="layers of the last pipeline stage (uneven stages); default: an even split")
 
 
 def build_parser() -> argparse.ArgumentParser:

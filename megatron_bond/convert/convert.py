@@ -75,6 +75,17 @@ def _local(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, transformer_impl="local"))
 
 
+def _mapped_shape(hf_dir: Path, kind: str, hf_keys, shapes, m) -> tuple[int, ...]:
+    """The Megatron shape of an HF tensor, or a one-line refusal when the config's heads cannot split it
+    (a config.json without num_attention_heads takes transformers' default, which the weights may not fit)."""
+    try:
+        return expected_shapes(kind, shapes, m)
+    except RuntimeError:
+        raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hf_keys[0]} has shape "
+                          f"{tuple(shapes[0])}, which num_attention_heads={m.num_attention_heads}, "
+                          f"num_key_value_heads={m.num_query_groups}, head_dim={m.kv_channels} cannot produce") from None
+
+
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -91,12 +102,14 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
             (model,) = build_model(_local(cfg), initialize=False)
             params = model.state_dict(keep_vars=True)
             unset = set(k for k, v in params.items() if isinstance(v, torch.nn.Parameter))
-            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
+            for mk, hk, kind in plan:  # every shape, before any copy or progress output
                 if mk not in params:
                     raise ConfigError(f"the Megatron model has no tensor {mk} (mapping table out of date?)")
-                shape = expected_shapes(kind, [reader.shape(k) for k in hk], cfg.model)
+                shape = _mapped_shape(hf_dir, kind, hk, [reader.shape(k) for k in hk], cfg.model)
                 if shape != tuple(params[mk].shape):
-                    raise ConfigError(f"{hk[0]}: shape {shape} after mapping, Megatron expects {tuple(params[mk].shape)}")
+                    raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hk[0]} maps to "
+                                      f"shape {shape}, the config's model has {tuple(params[mk].shape)}")
+            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
                 with torch.no_grad():
                     params[mk].copy_(to_megatron(kind, [reader.get(k) for k in hk], cfg.model))
                 unset.discard(mk)

@@ -25,6 +25,8 @@ def check_disjoint(out_dir: str | Path, inputs: tuple[str | Path, ...]) -> None:
 def staged_output(out_dir: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()):
     check_disjoint(out_dir, inputs)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # --overwrite replaces directories only, never a user's file
+        raise ConfigError(f"--out-dir {out_dir} is a file, not a directory: choose another path")
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -7,10 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from megatron_bond import silence_notices
 from megatron_bond.config import ConfigError
-
-silence_notices()
 
 
 def _interrupt(signum, frame):

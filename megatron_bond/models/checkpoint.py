@@ -46,7 +46,10 @@ def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None
         raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if parallel is not None:
         cfg = dataclasses.replace(cfg, parallel=parallel)
-    return cfg.validate()
+    cfg = cfg.validate()
+    # Here, before any process group exists, so that a damaged checkpoint is one line from one rank
+    check_complete(Path(ckpt_dir) / "model")
+    return cfg
 
 
 def check_complete(dist_dir: str | Path) -> None:
@@ -73,10 +76,10 @@ def check_complete(dist_dir: str | Path) -> None:
 
 
 def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
-    """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights."""
+    """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights
+    (from a checkpoint that read_checkpoint_config has found complete)."""
     from megatron_bond.models.gpt import build_model
 
-    check_complete(Path(ckpt_dir) / "model")
     chunks = build_model(cfg, initialize=False)
     state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):

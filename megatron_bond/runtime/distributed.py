@@ -172,14 +172,17 @@ def init_distributed(
 
 
 def seed_all(seed: int, dist: DistEnv) -> None:
-    """Megatron's convention: the default generator differs per pipeline stage; the model-parallel
-    tracker gives each TP rank its own stream for sharded randomness and shares the rest."""
+    """Megatron's convention, plus one stream per data-parallel rank: the default generator differs per
+    pipeline stage and DP rank (no two ranks draw, save or restore the same stream; 10007 > 100 · any
+    PP size, so the offsets never collide), and the model-parallel tracker gives each TP rank its own
+    stream for sharded randomness. Nothing in a step draws from these: weights start from the
+    layout-invariant init and samplers from seeds of (run.seed, step), so layouts still agree."""
     import random
 
     import numpy as np
     from megatron.core import tensor_parallel
 
-    stage_seed = seed + 100 * dist.pp_rank
+    stage_seed = seed + 100 * dist.pp_rank + 10007 * dist.dp_rank
     random.seed(stage_seed)
     np.random.seed(stage_seed)
     torch.manual_seed(stage_seed)

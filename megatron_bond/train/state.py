@@ -231,7 +231,9 @@ def load_checkpoint(t, ckpt: Path) -> int:
     t.scheduler.load_state_dict(trainer["scheduler"])
     t.order.load_state_dict(trainer["order"])
     rng = ckpt / "rng" / _rng_file(t.dist)
-    if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp} and rng.is_file():
+    if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}:
+        if not rng.is_file():
+            raise ConfigError(f"{rng} is missing: the checkpoint is incomplete")
         _set_rng_state(torch.load(rng, weights_only=False))
     elif t.dist.rank == 0:
         print(f"resuming at another layout than saved ({trainer['layout']}): RNG streams start from run.seed "

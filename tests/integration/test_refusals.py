@@ -135,6 +135,13 @@ def catalogue(tmp_path_factory, converted):
 
     case("train_missing_checkpoint_file", "is missing: the checkpoint is incomplete", missing_shard)
 
+    def missing_rng(d):
+        for f in (copy_run(d).parent / "rng").glob("*.pt"):
+            f.unlink()
+        return cli(*_train_args(d / "run"))
+
+    case("train_missing_rng_state", "pp0_tp0_dp0.pt is missing: the checkpoint is incomplete", missing_rng)
+
     def dangling_latest(d):
         copy_run(d)
         (d / "run" / "checkpoints" / "latest").write_text("step_0000099")
@@ -220,6 +227,8 @@ def catalogue(tmp_path_factory, converted):
     case("convert_config_a_list", "expected a JSON object, got a list", lambda d: hf_copy(d, edit_config("[1, 2]")))
     case("convert_config_heads_not_integer", "non-integer 'num_attention_heads' ('4')",
          lambda d: hf_copy(d, edit_config(json.dumps({**cfg, "num_attention_heads": "4"}))))
+    case("convert_config_missing_heads", "config.json does not match the weights",  # transformers' default 8 heads
+         lambda d: hf_copy(d, edit_config(json.dumps({k: v for k, v in cfg.items() if k != "num_attention_heads"}))))
 
     def out_under_file(d):
         shutil.copytree(hf, d / "hf")
@@ -227,6 +236,13 @@ def catalogue(tmp_path_factory, converted):
         return ("hf_to_megatron", d / "hf", d / "file" / "out")
 
     case("convert_out_under_a_file", "cannot write there", out_under_file)
+
+    def out_is_a_file(d):
+        shutil.copytree(hf, d / "hf")
+        (d / "file").write_text("mine")
+        return ("hf_to_megatron", d / "hf", d / "file", True)  # with --overwrite
+
+    case("convert_overwrite_a_file", "is a file, not a directory", out_is_a_file)
 
     def export_incomplete(d):
         shutil.copytree(gemma, d / "ck")
@@ -247,7 +263,8 @@ CASE_NAMES = [
     "train_batch_of_one", "train_bf16_on_cpu", "train_unwritable_output", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
     "train_resume_sharded_optimizer_state",
-    "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_latest_names_missing_step",
+    "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
+    "train_latest_names_missing_step",
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
     "train_empty_prompt_file", "train_prompts_longer_than_context", "train_prompt_ids_outside_vocab",
     "score_missing_input", "score_batch_size_0", "score_output_dir_missing", "score_incomplete_checkpoint",
@@ -255,7 +272,7 @@ CASE_NAMES = [
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
     "config_yaml_syntax", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
     "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
-    "convert_config_heads_not_integer", "convert_out_under_a_file", "export_incomplete_checkpoint",
+    "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
 ]
 
 
