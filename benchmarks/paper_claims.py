@@ -2,7 +2,7 @@
 exact), with the package's own losses (megatron_bond/bond/). Writes the plots of docs/results.md and
 one JSON line per run.
 
-    python benchmarks/paper_claims.py --out docs/results        # about 2 minutes on a 2-core CPU
+    python benchmarks/paper_claims.py --out docs/results        # about 70 s on a 2-core CPU
 
 Problems: SequenceProblem.random(vocab=4, length=3, seed) (64 sequences, a random reference policy,
 distinct rewards rescaled to [0, 1]), seeds 0, 1, 2.
@@ -136,8 +136,14 @@ def main() -> None:
     summary = []
 
     def record(claim: str, setting: str, runs: list[list[dict]], **final):
-        summary.append({"claim": claim, "setting": setting, "seeds": list(SEEDS), **final})
-        print(json.dumps(summary[-1]), flush=True)
+        """final: name -> (row key, row index; None for the mean over all rows). One line with the mean
+        over seeds and each seed's value (the spread that a claimed difference must exceed)."""
+        row = {"claim": claim, "setting": setting, "seeds": list(SEEDS)}
+        for name, (key, index) in final.items():
+            per_seed = [run[index][key] if index is not None else sum(r[key] for r in run) / len(run) for run in runs]
+            row[name], row[f"{name}_per_seed"] = sum(per_seed) / len(per_seed), per_seed
+        summary.append(row)
+        print(json.dumps(row), flush=True)
 
     # (a)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -146,9 +152,8 @@ def main() -> None:
         steps = [r["step"] for r in runs[0]]
         for ax, key in zip(axes, ("forward_kl", "backward_kl")):
             ax.plot(steps, _mean(runs, key), label=f"β = {beta}")
-        record("a", f"BOND N=8 beta={beta}", runs, forward_kl=_mean(runs, "forward_kl")[-1],
-               backward_kl=_mean(runs, "backward_kl")[-1], forward_kl_mid=_mean(runs, "forward_kl")[10],
-               backward_kl_mid=_mean(runs, "backward_kl")[10])
+        record("a", f"BOND N=8 beta={beta}", runs, forward_kl=("forward_kl", -1), backward_kl=("backward_kl", -1),
+               forward_kl_mid=("forward_kl", 10), backward_kl_mid=("backward_kl", 10))
     for ax, title in zip(axes, ("forward KL(π_BoN ‖ π)", "backward KL(π ‖ π_BoN)")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -181,30 +186,28 @@ def main() -> None:
         runs = [claim_b(s, mode) for s in SEEDS]
         label = "iterative BOND (Best-of-2, anchor swapped every 100 steps)" if mode == "iterative" else f"BOND, fixed {mode}"
         curves[label] = runs
-        record("b", mode, runs, quantile=_mean(runs, "quantile")[-1], kl_ref=_mean(runs, "kl_ref")[-1],
-               quantile_at_300=_mean(runs, "quantile")[30])
+        record("b", mode, runs, quantile=("quantile", -1), kl_ref=("kl_ref", -1), quantile_at_300=("quantile", 30))
     qkl_plot(curves, "claim_b_iterative.png", "(b) iterative BOND against fixed N (exact, mean of 3 seeds)")
 
     curves = {}
     for label, kw in (("J-BOND, EMA anchor η = 0.02", {"eta": 0.02}), ("J-BOND, anchor swapped every 50 steps", {"swap_every": 50})):
         runs = [jbond(s, **kw) for s in SEEDS]
         curves[label] = runs
-        record("c", label, runs, quantile=_mean(runs, "quantile")[-1], kl_ref=_mean(runs, "kl_ref")[-1])
+        record("c", label, runs, quantile=("quantile", -1), kl_ref=("kl_ref", -1))
     qkl_plot(curves, "claim_c_ema_vs_swap.png", "(c) J-BOND: EMA anchor against hard swaps (exact, mean of 3 seeds)")
 
     curves = {"J-BOND (β = 0.5, η = 0.02)": curves["J-BOND, EMA anchor η = 0.02"]}
     for beta_rl in (0.001, 0.01, 0.1, 1.0):
         runs = [claim_d_reinforce(s, beta_rl) for s in SEEDS]
         curves[f"REINFORCE β_RL = {beta_rl}"] = runs
-        record("d", f"REINFORCE beta_rl={beta_rl}", runs, quantile=_mean(runs, "quantile")[-1], kl_ref=_mean(runs, "kl_ref")[-1])
+        record("d", f"REINFORCE beta_rl={beta_rl}", runs, quantile=("quantile", -1), kl_ref=("kl_ref", -1))
     qkl_plot(curves, "claim_d_reinforce.png", "(d) J-BOND against REINFORCE (exact, mean of 3 seeds)")
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for gamma in (0.0, 0.5, 1.0, 2.0):
         runs = [jbond(s, steps=300, eta=0.02, gamma=gamma) for s in SEEDS]
         ax.plot([r["step"] for r in runs[0]], _mean(runs, "kl_anchor"), label=f"γ = {gamma}")
-        record("d-gamma", f"gamma={gamma}", runs, kl_anchor_mean=sum(_mean(runs, "kl_anchor")) / len(runs[0]),
-               quantile=_mean(runs, "quantile")[-1])
+        record("d-gamma", f"gamma={gamma}", runs, kl_anchor_mean=("kl_anchor", None), quantile=("quantile", -1))
     ax.set_xlabel("step")
     ax.set_ylabel("KL(π ‖ π_anchor)")
     ax.set_title("(d) J-BOND's γ against the drift from the anchor (exact, mean of 3 seeds)", fontsize=10)

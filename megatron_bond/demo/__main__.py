@@ -117,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("eval")]
-    png = plot_quantile_vs_kl(evals, out / "quantile_vs_kl.png", title=f"J-BOND, demo task (TP={args.tp})")
     prompts_file = out / "sample_prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in shown))
     before = samples(out / "ckpt_policy", prompts_file, out / "samples_before.jsonl", args.tp)
     after = samples(train_dir / "policy", prompts_file, out / "samples_after.jsonl", args.tp)
+    png = plot_quantile_vs_kl(evals, out / "quantile_vs_kl.png", title=f"J-BOND, demo task (TP={args.tp})",
+                              samples=[(p, b["text"], a["text"]) for p, b, a in zip(shown, before, after)])
     lines = ["| prompt | before (π_ref) | after (J-BOND) |", "|---|---|---|"]
     for prompt, b, a in zip(shown, before, after):
         lines.append(f"| {prompt} | {b['text'].strip()} | {a['text'].strip()} |")
