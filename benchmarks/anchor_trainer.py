@@ -80,7 +80,7 @@ def main() -> None:
                           "kl/ref": mean("kl/ref", last), "reward/policy": mean("reward/policy", last),
                           "per_seed": [{k: r[k] for k in ("seed", "quantile/ref", "kl/ref", "reward/policy")}
                                        for r in rows if r["anchor"] == name and r["step"] == last]}))
-    ax.set_xlim(0, None)
+    ax.set_xlim(0, 1.15 * max(r["kl/ref"] for r in rows))
     ax.set_ylim(0.4, 1.0)
     ax.set_xlabel("KL(π ‖ π_ref)  (kl/ref)")
     ax.set_ylabel("reward quantile against π_ref  (quantile/ref)")

@@ -3,6 +3,9 @@
     python benchmarks/logprob_head.py --tokens 1024 --hidden 256 --vocab 262144 --dtype fp32 \
         --impl naive,chunked,fused --json
 
+Documented runs (docs/benchmarks.md): that shape, the odd shape --tokens 777 --hidden 320 --vocab 131079,
+and the smallest --tokens 256 at V = 262144 on CPU; T=8192, H=3072, V=256000 in bf16 on an H200.
+
 One JSON line per implementation:
   fwd_s       scoring forward (log-probs of the targets, no grad), median of --repeats
   fwd_bwd_s   training loss Σ w·log π forward + backward, median of --repeats

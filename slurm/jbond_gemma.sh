@@ -61,6 +61,9 @@ export MASTER_ADDR=${MASTER_ADDR:-$NODE_ADDR}
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one process per GPU (or CPU task): no thread oversubscription
+# A collective (NCCL or gloo) that waits this long fails, and the job ends, instead of hanging: longer
+# than one rank's evaluation or checkpoint write at Gemma scale, short enough not to burn an allocation.
+export MEGATRON_BOND_TIMEOUT_MINUTES=${MEGATRON_BOND_TIMEOUT_MINUTES:-30}
 if [ "$GPUS_PER_NODE" -gt 0 ]; then
     # Megatron overlaps TP communication with compute only if kernels launch in issue order: one queue.
     TP=$(srun --ntasks=1 --nodes=1 "${LAUNCH[@]}" "$PYTHON" -m megatron_bond.cli config "${ARGS[@]}" \
@@ -68,7 +71,7 @@ if [ "$GPUS_PER_NODE" -gt 0 ]; then
     [ "$TP" -gt 1 ] && export CUDA_DEVICE_MAX_CONNECTIONS=1
     export TORCH_NCCL_AVOID_RECORD_STREAMS=1  # free NCCL's buffers without recordStream: less memory held
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed or timed-out collective ends the process, not a hang
-    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}  # NCCL's own warnings (a failed transport, a timeout) reach the logs; INFO to debug a hang
     export TRITON_CACHE_DIR="/tmp/triton-${SLURM_JOB_ID}"  # per job: a shared cache races between jobs
 fi
 

@@ -132,10 +132,15 @@ def check_layout(parallel: ParallelConfig, world_size: int) -> int:
 
 
 def init_distributed(
-    parallel: ParallelConfig, seed: int, timeout_minutes: int = 30, env: dict[str, str] | None = None
+    parallel: ParallelConfig, seed: int, timeout_minutes: int | None = None, env: dict[str, str] | None = None
 ) -> DistEnv:
+    """Process groups from the launcher's environment. A collective that waits longer than
+    ``timeout_minutes`` (default: $MEGATRON_BOND_TIMEOUT_MINUTES, else 30; long enough for one rank's
+    Gemma-scale evaluation or checkpoint write) fails instead of hanging."""
     from megatron.core import parallel_state as ps
 
+    if timeout_minutes is None:
+        timeout_minutes = int(os.environ.get("MEGATRON_BOND_TIMEOUT_MINUTES", "30"))
     rdv = read_rendezvous(env)
     dp = check_layout(parallel, rdv.world_size)
     on_gpu = torch.cuda.is_available()

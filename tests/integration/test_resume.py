@@ -88,6 +88,8 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     train(out)
     assert [r["step"] for r in rows(out) if not r.get("eval")] == list(range(1, STEPS + 1))
+    # checkpoint.every=2, keep_last=2: of steps 2, 4, 6, 8 the last two remain, and nothing partial
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000006", "step_0000008"]
     return [UNTIMED(r) for r in rows(out)]
 
 
@@ -142,3 +144,21 @@ def test_resume_at_another_layout(tmp_path):
         (got,) = [r for r in rows(out) if r["step"] == 5 and not r.get("eval")]
         assert got["reward/policy"] == step5["reward/policy"]
         assert_reorder_close(got["loss"], step5["loss"], TERMS, LOSS_DEPTH, f"step 5 loss at {name}")
+
+
+def reward_failing_on_rank_1(prompts, responses):
+    """The tiny rule, except that data-parallel rank 1 fails (a bug, or a service down, on one rank)."""
+    if os.environ.get("RANK") == "1" and os.environ.get("FAIL_NOW") and len(responses) > 0:
+        raise RuntimeError("reward server unreachable (simulated, rank 1)")
+    return [sum(r) / (255.0 * len(r)) for r in responses]
+
+
+def test_a_rank_that_fails_ends_the_whole_job_with_its_error(tmp_path):
+    """DP=2, rank 1's reward raises: the job ends (well within the collective timeout, never a hang),
+    non-zero, with rank 1's error in the output; rank 0, blocked in a collective, is stopped by torchrun."""
+    begin = time.monotonic()
+    done = train(tmp_path, "reward.function=tests.integration.test_resume:reward_failing_on_rank_1",
+                 nproc=2, env={"FAIL_NOW": "1"}, check=False)
+    assert done.returncode != 0
+    assert "reward server unreachable (simulated, rank 1)" in done.stderr
+    assert time.monotonic() - begin < 120, "the job hung after one rank failed"
