@@ -92,7 +92,7 @@ def test_refusals_leave_nothing(tmp_path):
     (tmp_path / "wrong" / "model.safetensors").symlink_to(tmp_path / "hf" / "model.safetensors")
     (tmp_path / "exists").mkdir()
     cases = [("empty", "o1", "no config.json"), ("llama", "o2", "model_type 'llama' is not supported"),
-             ("noweights", "o3", "no model.safetensors"), ("wrong", "o4", "Megatron expects"),
+             ("noweights", "o3", "no model.safetensors"), ("wrong", "o4", "does not match the weights"),
              ("hf", "exists", "already exists: pass --overwrite")]
     for src, dst, message in cases:
         with pytest.raises(ConfigError, match=message):
