@@ -29,7 +29,7 @@ ANCHORS = {"EMA anchor, η = 0.02": ["bond.anchor=ema"], "anchor swapped every 5
 
 
 def command(task: Path, run_dir: Path, seed: int, anchor: list[str], steps: int) -> list[str]:
-    return [str(ROOT / ".venv/bin/megatron-bond"), "train", "recipes/demo.yaml", "parallel.tp=1", f"train.steps={steps}",
+    return [sys.executable, "-m", "megatron_bond.cli", "train", "recipes/demo.yaml", "parallel.tp=1", f"train.steps={steps}",
             f"policy.ckpt={task / 'ckpt_policy'}", f"reward.ckpt={task / 'ckpt_reward'}",
             f"data.path={task / 'task' / 'prompts.jsonl'}", f"run.output_dir={run_dir}", f"run.seed={seed}",
             "logging.progress=false", "logging.wandb_mode=disabled", *anchor]
@@ -39,22 +39,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="runs/demo", help="the output directory of `make demo`")
     p.add_argument("--out", default="docs/results")
-    p.add_argument("--runs", default="runs/anchor_trainer", help="where the training runs go")
+    p.add_argument("--runs", default="runs/anchor_trainer", help="where the training runs go (and resume from)")
     p.add_argument("--steps", type=int, default=200)
     args = p.parse_args()
     task, out, runs = (Path(a).resolve() for a in (args.task, args.out, args.runs))
     jobs = [(name, seed, runs / f"{i}_seed{seed}") for i, name in enumerate(ANCHORS) for seed in SEEDS]
+    runs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for start in range(0, len(jobs), 2):  # two runs at a time, one core each
         procs = []
         for name, seed, run_dir in jobs[start : start + 2]:
-            if not (run_dir / "policy").is_dir():
-                print(f"training: {name}, seed {seed} -> {run_dir}", flush=True)
+            # a finished run is reused (train resumes it to --steps, or finds nothing left to do)
+            print(f"training: {name}, seed {seed} -> {run_dir} (log: {run_dir}.log)", flush=True)
+            with open(f"{run_dir}.log", "w") as log:
                 procs.append(subprocess.Popen(command(task, run_dir, seed, ANCHORS[name], args.steps), cwd=ROOT,
-                                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for proc in procs:
-            if proc.wait():
-                raise SystemExit(proc.stderr.read()[-2000:])
+                                              env=env, stdout=log, stderr=subprocess.STDOUT))
+        codes = [proc.wait() for proc in procs]  # both end before any error is raised
+        if any(codes):
+            raise SystemExit(f"a training run failed: see the logs above ({codes})")
     rows = []
     for name, seed, run_dir in jobs:
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():

@@ -4,13 +4,11 @@ import warnings
 
 __version__ = "0.1.0"
 
-# Notices of megatron-core that say nothing to a user of the commands: fallbacks it always takes without
-# Transformer Engine / apex on CPU, a deprecation inside its own defaults, and advice to set
-# CUDA_DEVICE_MAX_CONNECTIONS (meaningless on CPU; slurm/jbond_gemma.sh sets it on GPUs). Filtered when
+# Import-time notices of megatron-core that say nothing to a user of the commands (fallbacks it always
+# takes without Transformer Engine / apex on CPU, a deprecation inside its own defaults). Filtered when
 # this package is imported, which every entry point does before megatron-core.
 IGNORED_NOTICES = (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
-                   ".*full scope is deprecated.*", ".*all_gather_into_tensor. is deprecated.*",
-                   ".*CUDA_DEVICE_MAX_CONNECTIONS to 1 for maximum speedup.*")
+                   ".*full scope is deprecated.*", ".*all_gather_into_tensor. is deprecated.*")
 
 
 def silence_notices() -> None:

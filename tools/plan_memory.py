@@ -31,11 +31,11 @@ def main() -> int:
         if cfg.policy.ckpt and Path(cfg.policy.ckpt, "megatron_bond.json").is_file():
             from megatron_bond.models.checkpoint import read_checkpoint_config
 
-            cfg = dataclasses.replace(cfg, model=read_checkpoint_config(cfg.policy.ckpt).model)
+            cfg = dataclasses.replace(cfg, model=read_checkpoint_config(cfg.policy.ckpt, check=False).model)
         if cfg.reward.ckpt and Path(cfg.reward.ckpt, "megatron_bond.json").is_file():
             from megatron_bond.models.checkpoint import read_checkpoint_config
 
-            reward = read_checkpoint_config(cfg.reward.ckpt).model
+            reward = read_checkpoint_config(cfg.reward.ckpt, check=False).model
         elif cfg.reward.ckpt:  # not on this machine: assume a reward model of the policy's size
             reward = dataclasses.replace(cfg.model, reward_head=True)
             print(f"(reward model {cfg.reward.ckpt} not found here: planned as the policy's size)")

@@ -76,14 +76,15 @@ def _local(cfg: Config) -> Config:
 
 
 def _mapped_shape(hf_dir: Path, kind: str, hf_keys, shapes, m) -> tuple[int, ...]:
-    """The Megatron shape of an HF tensor, or a one-line refusal when the config's heads cannot split it
+    """The Megatron shape of HF tensors, or a one-line refusal when the config's sizes cannot map them
     (a config.json without num_attention_heads takes transformers' default, which the weights may not fit)."""
     try:
         return expected_shapes(kind, shapes, m)
     except RuntimeError:
-        raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hf_keys[0]} has shape "
-                          f"{tuple(shapes[0])}, which num_attention_heads={m.num_attention_heads}, "
-                          f"num_key_value_heads={m.num_query_groups}, head_dim={m.kv_channels} cannot produce") from None
+        raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: "
+                          f"{', '.join(f'{k} {tuple(s)}' for k, s in zip(hf_keys, shapes))} cannot come from "
+                          f"num_attention_heads={m.num_attention_heads}, num_key_value_heads={m.num_query_groups}, "
+                          f"head_dim={m.kv_channels}, vocab_size={m.vocab_size}") from None
 
 
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:

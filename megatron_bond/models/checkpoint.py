@@ -36,7 +36,9 @@ def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
     torch.distributed.barrier()
 
 
-def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None = None) -> Config:
+def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None = None, check: bool = True) -> Config:
+    """The config a checkpoint was saved with (``parallel`` replaced), after checking that its tensors are
+    complete (``check=False``: the config alone, for a planner on a machine without the weights)."""
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{ckpt_dir}: not a megatron-bond checkpoint (no {CONFIG_FILE})")
@@ -47,8 +49,8 @@ def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None
     if parallel is not None:
         cfg = dataclasses.replace(cfg, parallel=parallel)
     cfg = cfg.validate()
-    # Here, before any process group exists, so that a damaged checkpoint is one line from one rank
-    check_complete(Path(ckpt_dir) / "model")
+    if check:  # here, before any process group exists: a damaged checkpoint is one line from one rank
+        check_complete(Path(ckpt_dir) / "model")
     return cfg
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from importlib.metadata import version
 
 import torch
@@ -129,5 +130,7 @@ def apply_cpu_shim() -> bool:
     proxy = _TorchOnCpu()
     for name in _CUDA_LITERAL_MODULES:
         importlib.import_module(name).torch = proxy
+    # Advice to set CUDA_DEVICE_MAX_CONNECTIONS (TP > 1) means nothing without CUDA; on GPUs it stays
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS to 1 for maximum speedup.*")
     _applied = True
     return True

@@ -140,7 +140,10 @@ def init_distributed(
     from megatron.core import parallel_state as ps
 
     if timeout_minutes is None:
-        timeout_minutes = int(os.environ.get("MEGATRON_BOND_TIMEOUT_MINUTES", "30"))
+        value = os.environ.get("MEGATRON_BOND_TIMEOUT_MINUTES", "30")
+        if not value.isdigit() or int(value) < 1:
+            raise DistributedSetupError(f"MEGATRON_BOND_TIMEOUT_MINUTES={value!r}: a whole number of minutes >= 1")
+        timeout_minutes = int(value)
     rdv = read_rendezvous(env)
     dp = check_layout(parallel, rdv.world_size)
     on_gpu = torch.cuda.is_available()
@@ -178,9 +181,9 @@ def init_distributed(
 
 def seed_all(seed: int, dist: DistEnv) -> None:
     """Megatron's convention, plus one stream per data-parallel rank: the default generator differs per
-    pipeline stage and DP rank (no two ranks draw, save or restore the same stream; 10007 > 100 · any
-    PP size, so the offsets never collide), and the model-parallel tracker gives each TP rank its own
-    stream for sharded randomness. Nothing in a step draws from these: weights start from the
+    pipeline stage and DP rank (10007 > 100 · any PP size, so the offsets never collide) and is shared
+    by the TP ranks of a model replica, as in Megatron; the model-parallel tracker gives each TP rank its
+    own stream for sharded randomness. Nothing in a step draws from these: weights start from the
     layout-invariant init and samplers from seeds of (run.seed, step), so layouts still agree."""
     import random
 

@@ -27,6 +27,10 @@ def resolve_config(cfg: Config) -> Config:
         from megatron_bond.models.checkpoint import read_checkpoint_config
 
         model = read_checkpoint_config(cfg.policy.ckpt).model
+    if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
+        from megatron_bond.models.checkpoint import read_checkpoint_config
+
+        read_checkpoint_config(cfg.reward.ckpt)
     dtype = cfg.policy.dtype
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"

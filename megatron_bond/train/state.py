@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -132,7 +133,11 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _rng_file(dist) -> str:
-    return f"pp{dist.pp_rank}_tp{dist.tp_rank}_dp{dist.dp_rank}.pt"
+    return _rng_name(dist.pp_rank, dist.tp_rank, dist.dp_rank)
+
+
+def _rng_name(pp_rank: int, tp_rank: int, dp_rank: int) -> str:
+    return f"pp{pp_rank}_tp{tp_rank}_dp{dp_rank}.pt"
 
 
 def save_checkpoint(t, step: int, out_dir: Path) -> Path:
@@ -185,6 +190,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         raise ConfigError(f"{pointer} names {ckpt.name}, which is missing or incomplete: restore it, or point "
                           "latest at an older step_* directory")
     check_complete(ckpt / "dist")
+    layout = json.loads((ckpt / "trainer.json").read_text())["layout"]
+    for p, t, d in itertools.product(range(layout["pp"]), range(layout["tp"]), range(layout["dp"])):
+        if not (ckpt / "rng" / _rng_name(p, t, d)).is_file():  # every rank's stream, checked before any rank starts
+            raise ConfigError(f"{ckpt / 'rng' / _rng_name(p, t, d)} is missing: the checkpoint is incomplete")
     return ckpt
 
 
@@ -231,9 +240,7 @@ def load_checkpoint(t, ckpt: Path) -> int:
     t.scheduler.load_state_dict(trainer["scheduler"])
     t.order.load_state_dict(trainer["order"])
     rng = ckpt / "rng" / _rng_file(t.dist)
-    if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}:
-        if not rng.is_file():
-            raise ConfigError(f"{rng} is missing: the checkpoint is incomplete")
+    if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}:  # files checked by latest_checkpoint
         _set_rng_state(torch.load(rng, weights_only=False))
     elif t.dist.rank == 0:
         print(f"resuming at another layout than saved ({trainer['layout']}): RNG streams start from run.seed "
