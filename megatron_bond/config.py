@@ -262,15 +262,11 @@ class Config:
         if uneven:
             _require(p.pp > 1 and p.vpp is None, "parallel.first_stage_layers",
                      "uneven stages need pp > 1 and no virtual pipeline (vpp)")
-            _require(all(n is None or n >= 1 for n in (p.first_stage_layers, p.last_stage_layers)),
-                     "parallel.first_stage_layers", "stages must hold at least one layer")
-            layers = p.stage_layers(m.num_layers)
-            middle = p.pp - (p.first_stage_layers is not None) - (p.last_stage_layers is not None)
-            rest = m.num_layers - (p.first_stage_layers or 0) - (p.last_stage_layers or 0)
-            _require(rest >= middle and (middle == 0 and rest == 0 or middle > 0 and rest % middle == 0),
-                     "parallel.first_stage_layers",
-                     f"{m.num_layers} layers with first={p.first_stage_layers}, last={p.last_stage_layers} leave "
-                     f"{rest} for {middle} other stage(s): they must split evenly (got {layers})")
+            layers = p.stage_layers(m.num_layers)  # the other stages' even split falls short when it cannot be
+            _require(sum(layers) == m.num_layers and min(layers) >= 1, "parallel.first_stage_layers",
+                     f"{m.num_layers} layers with first={p.first_stage_layers}, last={p.last_stage_layers} give "
+                     f"stages {layers}: every stage needs at least one layer, and the other stages split the "
+                     "rest evenly")
         else:
             stages = p.pp * (p.vpp or 1)
             _require(

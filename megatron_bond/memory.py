@@ -169,8 +169,9 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         }
         return items, n
 
-    fullest = max(range(pp), key=lambda s: sum(stage(s)[0].values()))
-    items, n = stage(fullest)
+    stages = [stage(s) for s in range(pp)]
+    fullest = max(range(pp), key=lambda s: sum(stages[s][0].values()))
+    items, n = stages[fullest]
     tensors = sum(items.values())
     if on_gpu:
         items["allocator slack (10 %)"] = FRAGMENTATION * tensors

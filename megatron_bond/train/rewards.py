@@ -79,8 +79,9 @@ def build_reward(cfg: Config, tokenizer=None):
     if r.ckpt:
         from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
 
-        depth = read_checkpoint_config(r.ckpt).model.num_layers
-        rcfg = read_checkpoint_config(r.ckpt, cfg.parallel.beside_policy(depth, cfg.model.num_layers))
+        # complete: resolve_config checked it before any process group
+        depth = read_checkpoint_config(r.ckpt, check=False).model.num_layers
+        rcfg = read_checkpoint_config(r.ckpt, cfg.parallel.beside_policy(depth, cfg.model.num_layers), check=False)
         if not rcfg.model.reward_head:
             raise ConfigError(f"reward.ckpt {r.ckpt} is not a reward model (convert a *ForSequenceClassification)")
         if rcfg.model.vocab_size != cfg.model.vocab_size:

@@ -22,14 +22,12 @@ TINY_STOP_IDS = (1,)  # eos of the tiny run's vocabulary (pad/eos/bos/unk = 0/1/
 def resolve_config(cfg: Config) -> Config:
     """The config a run trains with (before any process group): the architecture of the policy
     checkpoint when there is one, the training dtype and the anchor's mode. Saved as config.yaml."""
+    from megatron_bond.models.checkpoint import read_checkpoint_config
+
     model = cfg.model
     if cfg.policy.ckpt:
-        from megatron_bond.models.checkpoint import read_checkpoint_config
-
         model = read_checkpoint_config(cfg.policy.ckpt).model
     if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
-        from megatron_bond.models.checkpoint import read_checkpoint_config
-
         read_checkpoint_config(cfg.reward.ckpt)
     dtype = cfg.policy.dtype
     if dtype == "auto":

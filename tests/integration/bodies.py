@@ -22,8 +22,6 @@ def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: st
         with open(inp, "w") as f:
             for r in rows:
                 f.write(json.dumps({"tokens": r}) + "\n")
-    import torch.distributed  # noqa: F401  (the file must exist before the other ranks read it)
-
     _wait_for(inp)
     code = main(["score", "--ckpt", ckpt, "--tp", str(tp), "--pp", str(pp), "--input", inp,
                  "--output", out, "--batch-size", "3"])
