@@ -8,6 +8,7 @@ import os
 import sys
 
 from megatron_bond.config import ConfigError, load_config
+from megatron_bond.errors import RunError
 from megatron_bond.runtime.distributed import DistributedSetupError
 
 
@@ -76,6 +77,8 @@ def _check_io(args: argparse.Namespace) -> None:
         raise ConfigError(f"--tp, --pp and --batch-size must be >= 1 (got {args.tp}, {args.pp}, {args.batch_size})")
     if not Path(args.input).is_file():
         raise ConfigError(f"--input {args.input}: no such file")
+    if Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output} is a directory: give a file path (it is written when complete)")
     parent = Path(args.output).absolute().parent
     if not parent.is_dir():
         raise ConfigError(f"--output {args.output}: the directory {parent} does not exist")
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DistributedSetupError) as err:
+    except (ConfigError, DistributedSetupError, RunError) as err:
         # Errors found before the process group exists are the same on every rank: say them once.
         import torch.distributed
 

@@ -186,6 +186,9 @@ class TrainConfig:
     global_batch_size: int = 16  # prompts per step, split over data-parallel ranks
     eval_every: int = 25  # steps between evaluations (0: only at the start and the end)
     eval_ref_samples: int = 16  # k reference samples per held-out prompt for quantile/ref
+    # Updates with a non-finite gradient are skipped (no weights, anchor or LR change); this many in a
+    # row end the run without a checkpoint (the last one on disk stays the last good state).
+    max_skipped_steps: int = 3
 
 
 @dataclass
@@ -291,7 +294,8 @@ class Config:
                  f"{self.reward.function!r} must be 'module:function'")
         t, r, o = self.train, self.rollout, self.optimizer
         for key, value in (("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
-                           ("train.eval_ref_samples", t.eval_ref_samples), ("rollout.max_new_tokens", r.max_new_tokens),
+                           ("train.eval_ref_samples", t.eval_ref_samples), ("train.max_skipped_steps", t.max_skipped_steps),
+                           ("rollout.max_new_tokens", r.max_new_tokens),
                            ("rollout.batch_size", r.batch_size), ("rollout.score_batch_size", r.score_batch_size),
                            ("reward.batch_size", self.reward.batch_size), ("data.eval_size", self.data.eval_size),
                            ("data.max_prompt_tokens", self.data.max_prompt_tokens), ("data.num_prompts", self.data.num_prompts),

@@ -13,8 +13,12 @@ from megatron_bond.config import ConfigError
 
 def read_objects(path: str | Path) -> Iterator[tuple[str, dict]]:
     """("path:line", object) for every non-blank line; anything but a JSON object is a ConfigError."""
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}:{n}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:

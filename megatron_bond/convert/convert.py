@@ -17,7 +17,7 @@ from tqdm import tqdm
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.convert.gemma import rules_for
 from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, copy_side_files
-from megatron_bond.convert.mapping import expected_shapes, to_hf, to_megatron
+from megatron_bond.convert.mapping import VocabMismatch, expected_shapes, to_hf, to_megatron
 from megatron_bond.convert.staging import staged_output
 from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
 from megatron_bond.models.hf_config import (
@@ -75,11 +75,15 @@ def _local(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, transformer_impl="local"))
 
 
-def _mapped_shape(hf_dir: Path, kind: str, hf_keys, shapes, m) -> tuple[int, ...]:
+def _mapped_shape(hf_dir: Path, raw: dict, kind: str, hf_keys, shapes, m) -> tuple[int, ...]:
     """The Megatron shape of HF tensors, or a one-line refusal when the config's sizes cannot map them
     (a config.json without num_attention_heads takes transformers' default, which the weights may not fit)."""
     try:
         return expected_shapes(kind, shapes, m)
+    except VocabMismatch as err:
+        said = "says" if "vocab_size" in raw else "has no vocab_size, so transformers' default"
+        raise ConfigError(f"{hf_dir / 'config.json'} {said} vocab_size={m.vocab_size}, but {hf_keys[0]} has "
+                          f"{shapes[0][0]} rows ({err}): set vocab_size to the tokenizer's size") from None
     except RuntimeError:
         raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: "
                           f"{', '.join(f'{k} {tuple(s)}' for k, s in zip(hf_keys, shapes))} cannot come from "
@@ -87,14 +91,31 @@ def _mapped_shape(hf_dir: Path, kind: str, hf_keys, shapes, m) -> tuple[int, ...
                           f"head_dim={m.kv_channels}, vocab_size={m.vocab_size}") from None
 
 
+def _check_head_dim(hf_dir: Path, raw: dict, plan, reader: SafetensorsReader, m) -> None:
+    """The projections show heads × head_dim only as a product, so a config.json without head_dim
+    (transformers then takes its default) is refused unless a tensor shows the head dim alone: Gemma 3's
+    q_norm, which is [head_dim]."""
+    if "head_dim" in raw:
+        return
+    q_norm = [hk[0] for mk, hk, _ in plan if mk.endswith("self_attention.q_layernorm.weight")]
+    if q_norm and reader.shape(q_norm[0]) == (m.kv_channels,):
+        return
+    raise ConfigError(f"{hf_dir / 'config.json'} has no head_dim, and the weights cannot tell the head count from "
+                      f"the head dim (only their product shows): add head_dim (transformers would take "
+                      f"{m.kv_channels})")
+
+
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ConfigError(f"{hf_dir} is not a directory")
-    text_config, multimodal = language_model_config(read_hf_config(hf_dir))
+    hf = read_hf_config(hf_dir)
+    text_config, multimodal = language_model_config(hf)
+    raw = hf["text_config"] if multimodal else hf  # what the file says, before transformers' defaults
     cfg = Config(model=model_config_from_hf(text_config)).validate()
     reader = SafetensorsReader(hf_dir)
     plan = _plan(reader, cfg, multimodal)
+    _check_head_dim(hf_dir, raw, plan, reader, cfg.model)
     with staged_output(out_dir, overwrite, inputs=(hf_dir,)) as tmp:
         init_distributed(ParallelConfig(), seed=cfg.run.seed)
         try:
@@ -106,7 +127,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
             for mk, hk, kind in plan:  # every shape, before any copy or progress output
                 if mk not in params:
                     raise ConfigError(f"the Megatron model has no tensor {mk} (mapping table out of date?)")
-                shape = _mapped_shape(hf_dir, kind, hk, [reader.shape(k) for k in hk], cfg.model)
+                shape = _mapped_shape(hf_dir, raw, kind, hk, [reader.shape(k) for k in hk], cfg.model)
                 if shape != tuple(params[mk].shape):
                     raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hk[0]} maps to "
                                       f"shape {shape}, the config's model has {tuple(params[mk].shape)}")

@@ -19,6 +19,10 @@ from torch import Tensor
 from megatron_bond.config import ModelConfig
 
 
+class VocabMismatch(ValueError):
+    """An embedding or output layer whose rows are not the config's vocab_size (before padding)."""
+
+
 @dataclass(frozen=True)
 class Rule:
     megatron: str
@@ -42,6 +46,8 @@ def to_megatron(kind: str, tensors: list[Tensor], m: ModelConfig) -> Tensor:
         return tensors[0]
     if kind == "vocab":
         (w,) = tensors
+        if w.shape[0] != m.vocab_size:  # zero rows padded up to a wrong vocab_size would shift every log-prob
+            raise VocabMismatch(f"{w.shape[0]} rows where vocab_size is {m.vocab_size}")
         pad = m.padded_vocab_size() - w.shape[0]
         return torch.cat([w, w.new_zeros(pad, *w.shape[1:])]) if pad else w
     if kind == "gate_up":

@@ -1,7 +1,8 @@
 """The pieces Gemma needs that megatron-core's GPT layer spec lacks, as small modules for ModuleSpecs.
 
 - ``GemmaRMSNorm``: RMSNorm computed in fp32 and scaled by (1 + w), as Hugging Face's Gemma does (the
-  weight is stored as w, so HF <-> Megatron conversion copies it bit for bit).
+  weight is stored as w, so HF <-> Megatron conversion copies it bit for bit); a reward model's final
+  norm keeps the fp32 output (``GemmaRMSNormFp32Output``).
 - ``GemmaCoreAttention``: attention per KV group (no per-head copies of keys and values) with Gemma 2's
   attention-logit softcap and sliding-window layers (Gemma 2 alternating, Gemma 3 by ``layer_types``),
   chosen by the global layer number.
@@ -31,7 +32,19 @@ class GemmaRMSNorm(torch.nn.Module):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], 1.0 + self.weight.float(), self.eps).type_as(x)
+        return self.fp32(x).type_as(x)
+
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), x.shape[-1:], 1.0 + self.weight.float(), self.eps)
+
+
+class GemmaRMSNormFp32Output(GemmaRMSNorm):
+    """A reward model's final norm: its output stays fp32 for the scalar head. Rounded to bf16 (8
+    significant bits), rewards would tie often, and J-BOND's strict < and first-wins argmax would turn the
+    ties into systematic outcomes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fp32(x)
 
 
 def _is_sliding(config, layer_number: int) -> bool:

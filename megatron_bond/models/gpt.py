@@ -21,7 +21,7 @@ class BondGPTModel(GPTModel):
 
     Also: embeddings scaled by sqrt(hidden) in the model dtype (Gemma), the final-logit softcap on the
     plain logits path, and ``reward_head`` (hidden -> 1, on the last stage) for reward models, whose
-    forward returns per-token scores [b, s]."""
+    forward returns per-token scores [b, s] in fp32 (head and Gemma's final norm computed in fp32)."""
 
     def __init__(self, *args, real_vocab_size: int, final_logit_softcap: float | None = None,
                  scale_embeddings: bool = False, reward_head: bool = False, **kwargs):
@@ -62,7 +62,9 @@ class BondGPTModel(GPTModel):
         if self.reward_head is not None:
             if self.config.sequence_parallel:  # the replicated head's gradient is whole on every rank: split it
                 hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
-            return self.reward_head(hidden_states).squeeze(-1).transpose(0, 1).float()
+            # In fp32 from the fp32 final norm (Gemma's, spec.py): bf16 rewards keep 8 bits and tie.
+            score = torch.nn.functional.linear(hidden_states.float(), self.reward_head.weight.float())
+            return score.squeeze(-1).transpose(0, 1)
         if self._head is None:
             if self.final_logit_softcap and kwargs.get("labels") is not None:
                 raise NotImplementedError("a softcapped model computes its loss through the fused heads")

@@ -29,6 +29,7 @@ from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.gemma_layers import (
     GemmaCoreAttention,
     GemmaRMSNorm,
+    GemmaRMSNormFp32Output,
     GemmaSelfAttention,
     post_normed,
 )
@@ -158,4 +159,5 @@ def decoder_spec(cfg: Config, num_layers_here: int):
         return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here,
                                           layer_norm=layer.submodules.input_layernorm)
     layer = _gemma_layer_spec(cfg, te)
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=GemmaRMSNorm)
+    final_norm = GemmaRMSNormFp32Output if cfg.model.reward_head else GemmaRMSNorm  # fp32 into the scalar head
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=final_norm)

@@ -37,7 +37,8 @@ CHUNK_FRACTION_OF_TOKENS = 8
 # exp(−inf − (−inf)) = NaN, and the all-reduce would spread it to every rank (the Triton kernels use
 # the same floor).
 NEG_BIG = -1.0e30
-# torch.mm(..., out_dtype=torch.float32): bf16 inputs, fp32 accumulation and output (CUDA only).
+# torch.mm(..., out_dtype=torch.float32): bf16 inputs, fp32 accumulation and output (CUDA only; without
+# it the logits fall back to an fp32 matmul of upcast operands, see _chunk_logits).
 _MM_FP32_OUT = hasattr(torch.ops.aten.mm, "dtype_out") and hasattr(torch.ops.aten.addmm, "dtype_out")
 
 
@@ -86,8 +87,9 @@ def _chunk_logits(h: Tensor, weight: Tensor, spec: HeadSpec, out: Tensor) -> Ten
         torch.mm(h, weight.T, out=out)
     elif h.is_cuda and _MM_FP32_OUT:
         torch.mm(h, weight.T, out_dtype=torch.float32, out=out)
-    else:
-        out.copy_(h @ weight.T)  # CPU: the low-precision product is rounded before the copy
+    else:  # no fp32-output matmul here (CPU, or a torch without out_dtype): an fp32 product of the same
+        # values, so the logits are never rounded to the model dtype (bf16 keeps 8 bits: ±0.03 at |z| = 8)
+        torch.mm(h.float(), weight.T.float(), out=out)
     dcap = None
     if spec.softcap:
         out.div_(spec.softcap).tanh_()

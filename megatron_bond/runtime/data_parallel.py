@@ -24,3 +24,11 @@ def map_over_data_parallel(items: Sequence, fn: Callable[[list], list], batch_si
         by_replica = dict(gathered)  # the ranks of one replica report the same results
         for r in range(dp):
             yield from by_replica[r]
+
+
+def dp_share(n: int, dp: int, replica: int) -> slice:
+    """Replica ``replica``'s part of ``n`` items split as evenly as possible over ``dp`` replicas (the first
+    n mod dp get one more). It may be empty: its ranks still join every data-parallel collective."""
+    base, extra = divmod(n, dp)
+    start = replica * base + min(replica, extra)
+    return slice(start, start + base + (replica < extra))

@@ -18,6 +18,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_bond.bond import bon_kl_upper_bound
+from megatron_bond.runtime.data_parallel import dp_share
 from megatron_bond.train.samples import response_logprobs, sample_responses
 from megatron_bond.train.setup import Trainer
 
@@ -32,10 +33,8 @@ def bon_kl_at_quantile(q: float) -> float:
 def evaluate(t: Trainer, step: int) -> dict:
     cfg, dist = t.cfg, t.dist
     start = time.perf_counter()
-    held = t.prompts.eval
-    share = -(-len(held) // dist.dp)
-    first = dist.dp_rank * share
-    prompts = held[first : first + share]
+    mine = dp_share(len(t.prompts.eval), dist.dp, dist.dp_rank)
+    first, prompts = mine.start, t.prompts.eval[mine]
     seed = cfg.run.seed
     k = cfg.train.eval_ref_samples
 

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from megatron_bond.config import Config, ConfigError
+from megatron_bond.errors import RunError
 from megatron_bond.runtime import destroy_distributed, init_distributed
 from megatron_bond.train.evaluate import evaluate
 from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
@@ -92,9 +93,10 @@ def train(cfg: Config) -> Path:
     try:
         return _train(cfg, out_dir)
     except BaseException:
-        # Bad input found while setting up a fresh run leaves nothing behind; a run with checkpoints
-        # keeps everything for the resume.
-        if created and _first_rank() and not (out_dir / CHECKPOINTS).exists():
+        # Bad input found while setting up a fresh run leaves nothing behind; a run that started
+        # training keeps everything (its metrics say what happened; checkpoints are for the resume).
+        started = (out_dir / CHECKPOINTS).exists() or (out_dir / METRICS_FILE).exists()
+        if created and _first_rank() and not started:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
@@ -119,6 +121,10 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                 metrics.log(evaluate(t, 0))
             for step in range(start + 1, last + 1):
                 metrics.log(train_step(t, step))
+                if t.skips.exhausted:  # every rank agreed on each skip: all stop here, no checkpoint
+                    raise RunError(f"step {step}: {t.skips.consecutive} updates in a row had a non-finite gradient "
+                                   f"(train.max_skipped_steps={cfg.train.max_skipped_steps}); stopped without a "
+                                   f"checkpoint: see {out_dir / METRICS_FILE}, lower optimizer.lr or check the reward")
                 if _due(step, cfg.train.eval_every, last):
                     metrics.log(evaluate(t, step))
                 preempted = stop.agreed()

@@ -41,6 +41,8 @@ class FunctionReward:
         self.kwargs = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(fn).parameters else {}
 
     def __call__(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        if not responses:  # an empty data-parallel share of the held-out prompts
+            return torch.zeros(0, dtype=torch.float64)
         values = list(self.fn(prompts, responses, **self.kwargs))
         if len(values) != len(responses):
             raise ConfigError(f"reward function {self.spec} returned {len(values)} rewards for {len(responses)} responses")
@@ -65,7 +67,7 @@ class ModelReward:
                 batch = rows[start : start + self.batch_size]
                 values = forward_rows(self.chunks, self.cfg, batch)
                 out += [values[i, len(r) - 1].double() for i, r in enumerate(batch)]
-        rewards = torch.stack(out).cpu()
+        rewards = torch.stack(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
         if not torch.isfinite(rewards).all():
             raise ConfigError("the reward model returned a non-finite reward: check its checkpoint and dtype")
         return rewards

@@ -56,4 +56,4 @@ def response_logprobs(chunks, cfg: Config, prompts: list[list[int]], responses: 
             logp = forward_rows(chunks, cfg, rows).double()  # [b, width − 1]: log p(t_i | t_<i), i ≥ 1
             for i, (p, r) in enumerate(zip(prompts[start : start + size], responses[start : start + size])):
                 out.append(logp[i, len(p) - 1 : len(p) - 1 + len(r)].sum())
-    return torch.stack(out).cpu()
+    return torch.stack(out).cpu() if out else torch.zeros(0, dtype=torch.float64)  # an empty data-parallel share

@@ -15,6 +15,7 @@ from megatron_bond.runtime import DistEnv
 from megatron_bond.train.anchor import Anchor, ReferenceWeights
 from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
 from megatron_bond.train.rewards import build_reward
+from megatron_bond.train.update import SkippedUpdates
 
 TINY_STOP_IDS = (1,)  # eos of the tiny run's vocabulary (pad/eos/bos/unk = 0/1/2/3, as Gemma)
 
@@ -57,6 +58,7 @@ class Trainer:
     order: PromptOrder
     stop_ids: tuple[int, ...]
     tokenizer: object | None
+    skips: SkippedUpdates
     eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts (fixed seeds)
 
 
@@ -154,4 +156,5 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     reward = build_reward(cfg, tokenizer)
     return Trainer(cfg=cfg, dist=dist, policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
-                   order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=tokenizer)
+                   order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=tokenizer,
+                   skips=SkippedUpdates(cfg.train.max_skipped_steps))

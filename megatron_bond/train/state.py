@@ -5,7 +5,7 @@
                               fp32 EMA shadow ("anchor." keys), the optimizer state in model space (reshards
                               across TP / PP / DP; the distributed optimizer's across DP only)
         rng/pp{p}_tp{t}_dp{d}.pt   each rank's Python, numpy, torch (CPU, CUDA) and Megatron tracker RNG state
-        trainer.json          step, LR scheduler, data position (epoch, index, shuffle seed), layout,
+        trainer.json          step, LR scheduler, data position (epoch, index, shuffle seed), skipped updates, layout,
                               the optimizer state's sharding
         config.json           the resolved config the run trained with
     OUT/checkpoints/latest    the name of the newest complete checkpoint, written last
@@ -157,6 +157,7 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
     _fault(step, "after_tensors")
     if t.dist.rank == 0:
         trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
+                   "skipped_updates": t.skips.state_dict(),
                    "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp},
                    "optimizer_sharding": _optimizer_sharding(t.cfg)}
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
@@ -239,6 +240,8 @@ def load_checkpoint(t, ckpt: Path) -> int:
     t.anchor.load_full_shadows([(p, state["anchor"][anchor_keys[s.data_ptr()]]) for p, s in fulls])
     t.scheduler.load_state_dict(trainer["scheduler"])
     t.order.load_state_dict(trainer["order"])
+    # Checkpoints written before updates could be skipped had none (a count, never in the numbers).
+    t.skips.load_state_dict(trainer.get("skipped_updates", {"total": 0, "consecutive": 0}))
     rng = ckpt / "rng" / _rng_file(t.dist)
     if trainer["layout"] == {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp}:  # files checked by latest_checkpoint
         _set_rng_state(torch.load(rng, weights_only=False))

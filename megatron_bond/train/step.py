@@ -13,9 +13,11 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_bond.models.heads import WeightedLossHead
+from megatron_bond.runtime.data_parallel import dp_share
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
 from megatron_bond.train.samples import response_logprobs, sample_responses
 from megatron_bond.train.setup import Trainer
+from megatron_bond.train.update import apply_update
 from megatron_bond.train.weights import (
     GlobalBatch,
     best_anchor_index,
@@ -28,9 +30,9 @@ from megatron_bond.train.weights import (
 def train_step(t: Trainer, step: int) -> dict:
     cfg, dist = t.cfg, t.dist
     batch_ids = t.order.next_batch(cfg.train.global_batch_size)
-    share = len(batch_ids) // dist.dp
-    first = dist.dp_rank * share  # this data-parallel rank's slice of the global batch
-    prompts = [t.prompts.train[i] for i in batch_ids[first : first + share]]
+    mine = dp_share(len(batch_ids), dist.dp, dist.dp_rank)  # even: check_batch_split at start
+    first, share = mine.start, mine.stop - mine.start
+    prompts = [t.prompts.train[i] for i in batch_ids[mine]]
     n_policy, n_anchor = samples_per_prompt(cfg.bond)
     start = time.perf_counter()
 
@@ -64,19 +66,22 @@ def train_step(t: Trainer, step: int) -> dict:
     train_prompts = [p for p in prompts for _ in range(2)]
 
     # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
-    loss, grad_norm, lr, ok, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
+    loss, update, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
+    t.skips.record(update.applied)
     train_done = time.perf_counter()
 
-    # 6. The anchor follows the policy: EMA in fp32 (J-BOND), or a swap every M steps (iterative BOND).
-    if ok and cfg.bond.anchor == "ema":
+    # 6. The anchor follows the policy: EMA in fp32 (J-BOND), or a swap every M steps (iterative BOND);
+    #    not after a skipped update (nothing moved).
+    if update.applied and cfg.bond.anchor == "ema":
         t.anchor.ema_(cfg.bond.eta)
-    elif ok and cfg.bond.anchor == "swap" and step % cfg.bond.swap_every == 0:
+    elif update.applied and cfg.bond.anchor == "swap" and step % cfg.bond.swap_every == 0:
         t.anchor.copy_policy_()
 
     # 7. Metrics of the global batch.
     lengths = _gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
     return {
-        "step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "update_ok": ok,
+        "step": step, "loss": loss, "grad_norm": update.grad_norm, "lr": update.lr, "update_ok": update.applied,
+        "skipped_steps": t.skips.total,
         "reward/policy": batch.r_policy.mean().item(),
         "reward/anchor": batch.r_anchor.mean().item() if n_anchor else None,
         "kl/anchor": (batch.logp - batch.logp_anchor).mean().item(),
@@ -99,11 +104,9 @@ def _gather_dp(x: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor):
-    """Forward and backward of Σ_t w_t·log π(y_t) over this rank's sequences in microbatches (gradient
-    accumulation; 1F1B under PP), data-parallel reduction, then one Adam step with clipping.
-    Returns (loss of the global batch, grad norm, lr, whether the step was applied, tokens trained)."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
+    """Forward and backward of Σ_t w_t·log π(y_t) over this rank's sequences, then the update (skipped,
+    with the scheduler, when the gradient is non-finite anywhere). Returns (loss of the global batch,
+    the update, tokens trained)."""
     cfg = t.cfg
     device = next(t.policy[0].parameters()).device
     rows = [p + r for p, r in zip(prompts, responses)]
@@ -114,10 +117,22 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = torch.tensor(row)
     weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], width - 1)
-    tokens, weights = tokens.to(device), weights.to(device)
-    mbs = cfg.parallel.micro_batch_size
-    micro = [{"tokens": tokens[i : i + mbs], "weights": weights[i : i + mbs]} for i in range(0, len(rows), mbs)]
-    positions = torch.arange(width - 1, device=device).expand(mbs, width - 1)
+    loss = _forward_backward(t, tokens.to(device), weights.to(device))
+    update = apply_update(t.optimizer, t.scheduler, cfg.optimizer.clip_grad)
+    trained = torch.tensor([float(sum(len(r) for r in rows))], device=device)
+    torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
+    return loss, update, trained.item()
+
+
+def _forward_backward(t: Trainer, tokens: torch.Tensor, weights: torch.Tensor) -> float:
+    """Gradients of Σ w·log π(tokens) accumulated over microbatches (1F1B under PP) and summed over
+    data-parallel ranks; returns the global batch's loss."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    mbs = t.cfg.parallel.micro_batch_size
+    n, width = tokens.shape
+    micro = [{"tokens": tokens[i : i + mbs], "weights": weights[i : i + mbs]} for i in range(0, n, mbs)]
+    positions = torch.arange(width - 1, device=tokens.device).expand(mbs, width - 1)
 
     def forward_step(data_iterator, model):
         b = next(data_iterator)
@@ -137,9 +152,4 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     loss = torch.stack([o["loss"] for o in out]).sum().reshape(1).float() if ps.is_pipeline_last_stage() else None
     loss = broadcast_from_last_stage(loss, (1,))
     torch.distributed.all_reduce(loss, group=ps.get_data_parallel_group())
-    t.scheduler.step(increment=1)
-    lr = t.optimizer.param_groups[0]["lr"]
-    ok, grad_norm, _ = t.optimizer.step()
-    trained = torch.tensor([float(sum(len(r) for r in rows))], device=device)
-    torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
-    return loss.item(), float(grad_norm) if grad_norm is not None else None, lr, bool(ok), trained.item()
+    return loss.item()

@@ -35,3 +35,36 @@ def keys_per_family() -> dict:
         return out
     finally:
         destroy_distributed()
+
+
+def bf16_reward_scores() -> dict:
+    """A bf16 Gemma 2 reward model's scores, and the same scores computed here in fp32 from the input its
+    final norm received (captured by a hook): the norm and the scalar head must not round to bf16."""
+    import torch
+    import torch.nn.functional as F
+
+    from megatron_bond.models.gpt import build_model
+
+    init_distributed(ParallelConfig(), seed=0)
+    try:
+        m = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                        kv_channels=8, vocab_size=128, reward_head=True, params_dtype="bfloat16",
+                        transformer_impl="local", **FAMILIES["gemma2"])
+        (model,) = build_model(Config(model=m).validate())
+        model.eval()
+        with torch.no_grad():
+            for p in model.parameters():  # norms and head away from their init, scores of order 1
+                p.add_(torch.randn_like(p) * 0.3)
+        seen = {}
+        norm = model.decoder.final_layernorm
+        norm.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0], out_dtype=out.dtype))
+        tokens = torch.randint(1, 128, (3, 7), generator=torch.Generator().manual_seed(0))
+        positions = torch.arange(7).expand(3, 7)
+        with torch.no_grad():
+            scores = model(tokens, positions, None)
+            x = seen["x"].float()
+            normed = F.rms_norm(x, x.shape[-1:], 1.0 + norm.weight.float(), norm.eps)
+            ref = (normed @ model.reward_head.weight.float().T).squeeze(-1).transpose(0, 1)
+        return {"scores": scores, "ref": ref, "norm_out_dtype": seen["out_dtype"], "x_dtype": seen["x"].dtype}
+    finally:
+        destroy_distributed()

@@ -8,12 +8,14 @@ TE does not install without CUDA, so its names here are the ones megatron-core's
 tests/integration/test_te_spec.py (gpu marker) builds the real TE spec and checks parity with transformers on a GPU."""
 
 import pytest
+import torch
 
 from megatron_bond.config import ModelConfig
 from megatron_bond.convert.gemma import rules_for
 from megatron_bond.models.keys import TE_TO_LOCAL, canonical_key
 from tests.distributed.spec_bodies import FAMILIES
 from tests.harness import run_ranks
+from tests.tolerances import assert_reorder_close
 
 pytestmark = pytest.mark.distributed
 
@@ -49,3 +51,13 @@ def test_te_names_map_onto_the_local_checkpoint_keys(keys, family):
         te_names.add(key)
     assert te_names != sharded  # the two specs do name these tensors differently
     assert {canonical_key(k) for k in te_names} == sharded
+
+
+def test_reward_head_and_final_norm_run_in_fp32_in_a_bf16_model():
+    """bf16 keeps 8 significant bits: a bf16 score is off by up to 2^-9 of its size (~4e-3 at |r| = 2)
+    and rewards tie. The scores must be the fp32 norm and head of the bf16 hidden states: the same
+    arithmetic reordered, 32 terms (hidden) in 2 chained sums."""
+    got = run_ranks("tests.distributed.spec_bodies:bf16_reward_scores", 1, {}, timeout=240)[0]
+    assert got["x_dtype"] == torch.bfloat16 and got["norm_out_dtype"] == torch.float32
+    assert got["scores"].dtype == torch.float32 and got["ref"].abs().max() > 0.5
+    assert_reorder_close(got["scores"], got["ref"], 32, 2, "reward scores")

@@ -122,6 +122,21 @@ def test_bf16_inputs(backend):
         torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)
 
 
+def test_bf16_logits_stay_fp32_without_an_fp32_output_matmul(monkeypatch):
+    """Where torch.mm has no out_dtype (CPU, or an older torch on CUDA), the logits of bf16 operands are
+    an fp32 matmul of the same values, never rounded to bf16. Bound: the reference is the same fp32
+    product and log-softmax of the same values, reordered (H = 32 and V = 64 terms, depth 3)."""
+    import megatron_bond.ops.logprob as logprob
+
+    monkeypatch.setattr(logprob, "_MM_FP32_OUT", False)
+    h, w, y, _ = inputs(T=16, H=32, V=64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        logp, _ = token_logprobs(h, w, y, HeadSpec(chunk_size=5))
+        ref = torch.log_softmax(h.float() @ w.float().T, -1).gather(-1, y[:, None]).squeeze(-1)
+    assert logp.dtype == torch.float32
+    assert_reorder_close(logp, ref, 64, 3, "bf16 logits")  # bf16 rounding would be ~1e-2 off
+
+
 @pytest.mark.parametrize("loss_scale", [4096.0, 65536.0])
 def test_fp16_training_head_under_loss_scaling(loss_scale):
     """fp16 training as Megatron runs it: the schedule multiplies the loss by the loss scale S, so the
