@@ -21,7 +21,15 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 def _config(args: argparse.Namespace) -> int:
     cfg = load_config(*_recipe_and_overrides(args))
-    print(json.dumps(cfg.to_dict(), indent=2))
+    if args.get is None:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    value = cfg.to_dict()
+    for part in args.get.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"config: --get {args.get}: no such key")
+        value = value[part]
+    print(json.dumps(value) if isinstance(value, (dict, list)) or value is None else value)
     return 0
 
 
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "config", "validate a recipe with key=value overrides and print it resolved")
     p.add_argument("recipe", nargs="?", help="recipe YAML (defaults when omitted)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2")
+    p.add_argument("--get", metavar="KEY", help="print only this dotted key's value, e.g. parallel.tp (for scripts)")
     p.set_defaults(func=_config)
 
     p = _sub(sub, "train", "J-BOND / BOND / REINFORCE training (under torchrun or srun for several ranks)")
@@ -183,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]; default 1.0")
     p.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per prompt at most (>= 1)")
     p.add_argument("--stop-id", type=int, action="append",
-                   help="stop token id (repeatable); default: the checkpoint's eos")
+                   help="an extra stop token id (repeatable), beside the checkpoint's eos ids from hf/config.json "
+                        "and hf/generation_config.json")
     p.add_argument("--seed", type=int, default=1234, help="sampler seed (each batch derives its own)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call and data-parallel rank")
     p.set_defaults(func=_generate)

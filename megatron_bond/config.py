@@ -31,7 +31,7 @@ class RunConfig:
 class ParallelConfig:
     tp: int = 1
     pp: int = 1
-    vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B)
+    vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B): refused for now
     micro_batch_size: int = 1
     recompute: bool = False  # full activation recompute, layer by layer (megatron-core's uniform method)
     # Sequence parallelism (TP > 1): norms, residuals and dropout on sequence shards in training; the
@@ -178,6 +178,9 @@ class RolloutConfig:
     max_new_tokens: int = 16
     batch_size: int = 16  # prompts per generate call (each with all its samples)
     score_batch_size: int = 16  # sequences per scoring forward pass
+    # The reward of a response cut at max_new_tokens before any stop id, instead of the reward source's
+    # (None: scored as if complete). Applied to every rollout: policy, anchor and evaluation.
+    truncated_reward: Optional[float] = None
 
 
 @dataclass
@@ -263,22 +266,23 @@ class Config:
         )
         uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
         if uneven:
-            _require(p.pp > 1 and p.vpp is None, "parallel.first_stage_layers",
-                     "uneven stages need pp > 1 and no virtual pipeline (vpp)")
+            _require(p.pp > 1, "parallel.first_stage_layers", "uneven stages need pp > 1")
             layers = p.stage_layers(m.num_layers)  # the other stages' even split falls short when it cannot be
             _require(sum(layers) == m.num_layers and min(layers) >= 1, "parallel.first_stage_layers",
                      f"{m.num_layers} layers with first={p.first_stage_layers}, last={p.last_stage_layers} give "
                      f"stages {layers}: every stage needs at least one layer, and the other stages split the "
                      "rest evenly")
         else:
-            stages = p.pp * (p.vpp or 1)
             _require(
-                m.num_layers % stages == 0,
+                m.num_layers % p.pp == 0,
                 "parallel.pp",
-                f"pp*vpp={stages} must divide model.num_layers={m.num_layers} "
+                f"pp={p.pp} must divide model.num_layers={m.num_layers} "
                 "(or set parallel.first_stage_layers / last_stage_layers)",
             )
-        _require(p.vpp is None or p.pp > 1, "parallel.vpp", "virtual pipeline needs pp > 1")
+        # Rollouts and scoring send one microbatch through the pipeline, which megatron-core's interleaved
+        # schedule cannot run; training alone would need one data iterator per model chunk.
+        _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
+                 "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
         b = self.bond
         _require(0.0 <= b.beta <= 1.0, "bond.beta", "must lie in [0, 1]")
         _require(0.0 < b.eta <= 1.0, "bond.eta", "must lie in (0, 1]")

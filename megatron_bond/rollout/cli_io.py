@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import torch
 
 from megatron_bond.config import ConfigError
 from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
+from megatron_bond.models.tokenizer import TextSide, load_text_side
 from megatron_bond.rollout.generate import check_context
 from megatron_bond.rollout.sampling import SamplingParams
 
 
-def load_tokenizer(ckpt: str | Path):
-    """The checkpoint's SentencePiece tokenizer (hf/tokenizer.model), or None."""
-    path = Path(ckpt) / "hf" / "tokenizer.model"
-    if not path.is_file():
-        return None
-    import sentencepiece
-
-    return sentencepiece.SentencePieceProcessor(model_file=str(path))
-
-
-def read_prompts(path: str | Path, tokenizer, bos_id: int | None, vocab_size: int) -> list[list[int]]:
+def read_prompts(path: str | Path, text: TextSide, vocab_size: int) -> list[list[int]]:
     prompts = []
     for where, row in read_objects(path):
         if isinstance(row.get("tokens"), list):
             prompt = row["tokens"]
         elif isinstance(row.get("text"), str):
-            if tokenizer is None:
-                raise ConfigError(f"{where}: a text prompt needs hf/tokenizer.model in the checkpoint")
-            prompt = ([bos_id] if bos_id is not None else []) + tokenizer.encode(row["text"])
+            (prompt,) = text.encode([row["text"]], where)
         else:
             raise ConfigError(f"{where}: expected a non-empty 'tokens' list or a 'text' string")
         check_token_ids(prompt, vocab_size, where)
@@ -51,12 +39,9 @@ def generate_file(args) -> int:
     from megatron_bond.cli import parallel_from
 
     cfg = read_checkpoint_config(args.ckpt, parallel_from(args))
-    hf_file = Path(args.ckpt) / "hf" / "config.json"  # absent for a model trained from scratch
-    hf_config = json.loads(hf_file.read_text()) if hf_file.is_file() else {}
-    tokenizer = load_tokenizer(args.ckpt)
-    prompts = read_prompts(args.input, tokenizer, hf_config.get("bos_token_id"), cfg.model.vocab_size)
-    eos = hf_config.get("eos_token_id")
-    stop_ids = tuple(args.stop_id or ([] if eos is None else eos if isinstance(eos, list) else [eos]))
+    text = load_text_side(args.ckpt)  # no hf/ files for a model trained from scratch: token ids only
+    prompts = read_prompts(args.input, text, cfg.model.vocab_size)
+    stop_ids = text.stop_ids(extra=tuple(args.stop_id or ()))
     bad = [s for s in stop_ids if not 0 <= s < cfg.model.vocab_size]
     if bad:
         raise ConfigError(f"--stop-id {bad[0]} is outside the vocabulary [0, {cfg.model.vocab_size})")
@@ -75,8 +60,8 @@ def generate_file(args) -> int:
         def rows():
             for prompt, (response, logprobs) in zip(prompts, map_over_data_parallel(prompts, run, args.batch_size)):
                 row = {"prompt_tokens": prompt, "tokens": response, "logprobs": logprobs}
-                if tokenizer is not None:
-                    row["text"] = tokenizer.decode(response)
+                if text.tokenizer is not None:
+                    row["text"] = text.decode(response)
                 yield row
 
         write_jsonl(args.output, rows(), len(prompts), "generate", writer=torch.distributed.get_rank() == 0)

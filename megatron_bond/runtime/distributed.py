@@ -85,6 +85,11 @@ def _node_address(host: str) -> str:
     return host
 
 
+def tcp_host(addr: str) -> str:
+    """An address as the host part of a URL: an IPv6 literal (fd00::17) in brackets."""
+    return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,7 +162,7 @@ def init_distributed(
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(
             backend=backend,
-            init_method=f"tcp://{rdv.master_addr}:{rdv.master_port}",
+            init_method=f"tcp://{tcp_host(rdv.master_addr)}:{rdv.master_port}",
             rank=rdv.rank,
             world_size=rdv.world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

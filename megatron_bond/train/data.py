@@ -11,6 +11,7 @@ import torch
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import check_token_ids
+from megatron_bond.models.tokenizer import TINY_BOS, TextSide
 
 # Gemma's chat format: a user turn, then the opening of the model's turn that the policy completes.
 GEMMA_USER_TURN = "<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
@@ -53,7 +54,7 @@ def _dataset(path: str):
         raise ConfigError(f"data: {path} could not be read ({detail})") from None
 
 
-def _tokenize(ds, cfg: Config, tokenizer, bos_id: int | None, path: str) -> list[list[int]]:
+def _tokenize(ds, cfg: Config, text: TextSide, path: str) -> list[list[int]]:
     d = cfg.data
     if d.tokens_field in ds.column_names:
         rows = ds[d.tokens_field]
@@ -63,11 +64,8 @@ def _tokenize(ds, cfg: Config, tokenizer, bos_id: int | None, path: str) -> list
     if d.text_field not in ds.column_names:
         raise ConfigError(f"data: {path} has neither a {d.tokens_field!r} nor a {d.text_field!r} field "
                           f"(columns: {', '.join(ds.column_names)}): set data.text_field or data.tokens_field")
-    if tokenizer is None:
-        raise ConfigError(f"data: {path} has text prompts, but the policy checkpoint has no hf/tokenizer.model")
     texts = [GEMMA_USER_TURN.format(text=t) if d.chat_template else t for t in ds[d.text_field]]
-    prefix = [] if bos_id is None else [bos_id]
-    return [prefix + ids for ids in tokenizer.encode(texts)]
+    return text.encode(texts, f"data: {path}")
 
 
 def _keep(prompts: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
@@ -80,7 +78,7 @@ def prompt_limit(cfg: Config) -> int:
     return min(cfg.data.max_prompt_tokens, cfg.model.max_seq_length - cfg.rollout.max_new_tokens)
 
 
-def load_prompts(cfg: Config, tokenizer=None, bos_id: int | None = None) -> Prompts:
+def load_prompts(cfg: Config, text: TextSide) -> Prompts:
     d = cfg.data
     limit = prompt_limit(cfg)
     if limit < 1:
@@ -88,9 +86,9 @@ def load_prompts(cfg: Config, tokenizer=None, bos_id: int | None = None) -> Prom
                           f"in model.max_seq_length ({cfg.model.max_seq_length})")
     if d.path is None:
         return _tiny_prompts(cfg, limit)
-    rows, dropped = _keep(_tokenize(_dataset(d.path), cfg, tokenizer, bos_id, d.path), limit)
+    rows, dropped = _keep(_tokenize(_dataset(d.path), cfg, text, d.path), limit)
     if d.eval_path:
-        held, dropped_eval = _keep(_tokenize(_dataset(d.eval_path), cfg, tokenizer, bos_id, d.eval_path), limit)
+        held, dropped_eval = _keep(_tokenize(_dataset(d.eval_path), cfg, text, d.eval_path), limit)
         train, dropped = rows, dropped + dropped_eval
     else:  # a fixed, seeded choice of held-out prompts
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
@@ -103,11 +101,11 @@ def load_prompts(cfg: Config, tokenizer=None, bos_id: int | None = None) -> Prom
 
 
 def _tiny_prompts(cfg: Config, limit: int) -> Prompts:
-    """Random-token prompts of 2 to 8 tokens after a BOS (id 2), ids 4..vocab−1, from run.seed."""
+    """Random-token prompts of 2 to 8 tokens after a BOS, ids 4..vocab−1, from run.seed."""
     gen = torch.Generator().manual_seed(cfg.run.seed)
     vocab, total = cfg.model.vocab_size, cfg.data.num_prompts + cfg.data.eval_size
     lengths = torch.randint(2, min(8, limit - 1) + 1, (total,), generator=gen).tolist()
-    rows = [[2] + torch.randint(4, vocab, (n,), generator=gen).tolist() for n in lengths]
+    rows = [[TINY_BOS] + torch.randint(4, vocab, (n,), generator=gen).tolist() for n in lengths]
     return Prompts(rows[: cfg.data.num_prompts], rows[cfg.data.num_prompts :], 0)
 
 

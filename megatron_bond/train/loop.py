@@ -93,9 +93,10 @@ def train(cfg: Config) -> Path:
     try:
         return _train(cfg, out_dir)
     except BaseException:
-        # Bad input found while setting up a fresh run leaves nothing behind; a run that started
-        # training keeps everything (its metrics say what happened; checkpoints are for the resume).
-        started = (out_dir / CHECKPOINTS).exists() or (out_dir / METRICS_FILE).exists()
+        # Bad input found before a fresh run's first metrics row leaves nothing behind; a run with rows
+        # keeps everything (its metrics say what happened; checkpoints are for the resume).
+        metrics = out_dir / METRICS_FILE
+        started = (out_dir / CHECKPOINTS).exists() or (metrics.exists() and metrics.stat().st_size > 0)
         if created and _first_rank() and not started:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ import torch
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.scoring import forward_rows
+from megatron_bond.train.samples import truncated
 
 
 def tiny_reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
@@ -73,8 +74,29 @@ class ModelReward:
         return rewards
 
 
-def build_reward(cfg: Config, tokenizer=None):
+class TruncatedReward:
+    """rollout.truncated_reward for responses cut at max_new_tokens, the source's reward for the rest
+    (the source scores the complete ones only)."""
+
+    def __init__(self, source, value: float, max_new_tokens: int, stop_ids: tuple[int, ...]):
+        self.source, self.value, self.max_new_tokens, self.stop_ids = source, value, max_new_tokens, stop_ids
+
+    def __call__(self, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        cut = truncated(responses, self.max_new_tokens, self.stop_ids)
+        rewards = torch.full((len(responses),), self.value, dtype=torch.float64)
+        keep = [i for i, c in enumerate(cut) if not c]
+        rewards[keep] = self.source([prompts[i] for i in keep], [responses[i] for i in keep])
+        return rewards
+
+
+def build_reward(cfg: Config, stop_ids: tuple[int, ...], tokenizer=None):
     """The run's reward (after init_distributed: a reward model loads at the policy's layout)."""
+    source = _reward_source(cfg, tokenizer)
+    value = cfg.rollout.truncated_reward
+    return source if value is None else TruncatedReward(source, value, cfg.rollout.max_new_tokens, stop_ids)
+
+
+def _reward_source(cfg: Config, tokenizer=None):
     r = cfg.reward
     if r.function:
         return FunctionReward(r.function, tokenizer)

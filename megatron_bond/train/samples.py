@@ -44,6 +44,11 @@ def sample_responses(chunks, cfg: Config, prompts: list[list[int]], n: int, seed
     return out
 
 
+def truncated(responses: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...]) -> list[bool]:
+    """Which responses were cut at ``max_new_tokens`` (no stop id at their end)."""
+    return [len(r) >= max_new_tokens and (not r or r[-1] not in stop_ids) for r in responses]
+
+
 def response_logprobs(chunks, cfg: Config, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
     """log π(response | prompt) summed over the response tokens, through the fused scoring head: [n] fp64,
     on the host (the BOND maths and the metrics take a few numbers per prompt there).

@@ -4,20 +4,17 @@ scheduler), the anchor and π_ref, the reward, the prompts and their order."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from megatron_bond.config import Config, ConfigError
+from megatron_bond.models.tokenizer import load_text_side
 from megatron_bond.runtime import DistEnv
 from megatron_bond.train.anchor import Anchor, ReferenceWeights
 from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
 from megatron_bond.train.rewards import build_reward
 from megatron_bond.train.update import SkippedUpdates
-
-TINY_STOP_IDS = (1,)  # eos of the tiny run's vocabulary (pad/eos/bos/unk = 0/1/2/3, as Gemma)
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -125,36 +122,24 @@ def _wrap_ddp(cfg: Config, chunks: list) -> list:
     return model
 
 
-def _side_files(cfg: Config):
-    """(tokenizer or None, bos id or None, stop ids) from the policy checkpoint's hf/ directory."""
-    if not cfg.policy.ckpt:
-        return None, 2, TINY_STOP_IDS
-    from megatron_bond.rollout.cli_io import load_tokenizer
-
-    hf = Path(cfg.policy.ckpt) / "hf" / "config.json"
-    hf_config = json.loads(hf.read_text()) if hf.is_file() else {}
-    eos = hf_config.get("eos_token_id")
-    stop_ids = tuple([] if eos is None else eos if isinstance(eos, list) else [eos])
-    return load_tokenizer(cfg.policy.ckpt), hf_config.get("bos_token_id"), stop_ids
-
-
 def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     from megatron_bond.models.gpt import build_model
     from megatron.core import parallel_state as ps
 
     cfg.check_batch_split(dist.dp)
-    tokenizer, bos_id, stop_ids = _side_files(cfg)
+    text = load_text_side(cfg.policy.ckpt)
     # Every rank reads the prompts (the datasets cache is written once, by rank 0 first).
     if dist.rank == 0:
-        prompts = load_prompts(cfg, tokenizer, bos_id)
+        prompts = load_prompts(cfg, text)
     torch.distributed.barrier()
     if dist.rank != 0:
-        prompts = load_prompts(cfg, tokenizer, bos_id)
+        prompts = load_prompts(cfg, text)
     policy = _wrap_ddp(cfg, _policy_chunks(cfg))
     optimizer, scheduler = _optimizer(cfg, policy)
     anchor = Anchor(build_model(cfg, initialize=False), policy, optimizer, ps.get_data_parallel_group())
-    reward = build_reward(cfg, tokenizer)
+    stop_ids = text.stop_ids(cfg.data.chat_template)
+    reward = build_reward(cfg, stop_ids, text.tokenizer)
     return Trainer(cfg=cfg, dist=dist, policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
-                   order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=tokenizer,
+                   order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
                    skips=SkippedUpdates(cfg.train.max_skipped_steps))

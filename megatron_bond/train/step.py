@@ -15,7 +15,7 @@ from megatron.core import parallel_state as ps
 from megatron_bond.models.heads import WeightedLossHead
 from megatron_bond.runtime.data_parallel import dp_share
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
-from megatron_bond.train.samples import response_logprobs, sample_responses
+from megatron_bond.train.samples import response_logprobs, sample_responses, truncated
 from megatron_bond.train.setup import Trainer
 from megatron_bond.train.update import apply_update
 from megatron_bond.train.weights import (
@@ -79,6 +79,8 @@ def train_step(t: Trainer, step: int) -> dict:
 
     # 7. Metrics of the global batch.
     lengths = _gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
+    cut = _gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
+                                  dtype=torch.float64).view(share, n_policy))
     return {
         "step": step, "loss": loss, "grad_norm": update.grad_norm, "lr": update.lr, "update_ok": update.applied,
         "skipped_steps": t.skips.total,
@@ -86,6 +88,7 @@ def train_step(t: Trainer, step: int) -> dict:
         "reward/anchor": batch.r_anchor.mean().item() if n_anchor else None,
         "kl/anchor": (batch.logp - batch.logp_anchor).mean().item(),
         "length/policy": lengths.mean().item(),
+        "rollout/truncated_fraction": cut.mean().item(),
         **{k: v.item() for k, v in terms.items()},
         "time/rollout": rollout_done - start, "time/score": score_done - rollout_done,
         "time/train": train_done - score_done,

@@ -24,7 +24,9 @@ class Update:
 
 def apply_update(optimizer, scheduler, clip_grad: float) -> Update:
     """Collective over the world: every rank takes the same decision."""
-    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+    # megatron-core's own clipping function, looked up where its optimizers call it (and where, on CPU
+    # only, runtime/cpu_shim.py swaps in the same scaling without its CUDA-type assert).
+    from megatron.core.optimizer import optimizer as megatron_optimizer
 
     found_inf = optimizer.prepare_grads()  # grads into the fp32 masters; True only under a loss scale
     # Over the model-parallel group (the distributed optimizer's shards too); grads are already summed
@@ -40,8 +42,8 @@ def apply_update(optimizer, scheduler, clip_grad: float) -> Update:
         for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
             params = opt.get_parameters()
             if params:  # one global norm for all, as megatron-core's ChainedOptimizer clips
-                clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm,
-                                             use_decoupled_grad=False)  # no precision-aware optimizer here
+                megatron_optimizer.clip_grad_by_total_norm_fp32(params, max_norm=clip_grad, total_norm=grad_norm,
+                                                                 use_decoupled_grad=False)  # no precision-aware optimizer here
     return Update(bool(optimizer.step_with_ready_grads()), grad_norm, optimizer.param_groups[0]["lr"])
 
 

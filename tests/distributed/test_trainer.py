@@ -125,3 +125,15 @@ def test_sequence_parallel_step_matches_tp1():
     ref = step_at(1, 1, 1, GEMMA2)
     got = step_at(2, 1, 1, (*GEMMA2, "parallel.sequence_parallel=true"))
     assert_same_step(got, ref, loss_depth=26, grad_depth=53)
+
+
+@pytest.mark.parametrize("eval_size", [1, 3])
+def test_evaluation_at_dp2_with_fewer_or_uneven_held_out_prompts(eval_size):
+    """DP=2 with 1 held-out prompt (one replica has none) or 3 (shares 2 and 1): every rank joins the
+    collectives, and the row is DP=1's. One sampler seed per prompt (rollout.batch_size=1), so both
+    layouts draw the same samples; means over the same prompts in the same order: equal."""
+    overrides = [f"data.eval_size={eval_size}", "rollout.batch_size=1"]
+    ref = run_ranks("tests.distributed.train_bodies:evaluation", 1, {"overrides": overrides}, timeout=240)[0]
+    got = run_ranks("tests.distributed.train_bodies:evaluation", 2, {"overrides": overrides}, timeout=240)
+    for row in got:
+        assert {k: v for k, v in row.items() if k != "time/eval"} == {k: v for k, v in ref.items() if k != "time/eval"}

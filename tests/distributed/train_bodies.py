@@ -88,3 +88,16 @@ def bf16_anchor_tracks_fp32(steps: int = 50, eta: float = 0.02, gap: float = 0.0
                 "closed_form": closed_fraction(closed), "max_ulps_from_closed_form": ulps}
     finally:
         destroy_distributed()
+
+
+def evaluation(overrides: list[str] = ()) -> dict:
+    """The evaluation row at step 0 (no training) of the tiny trainer on this world."""
+    from megatron_bond.train.evaluate import evaluate
+    from megatron_bond.train.setup import build_trainer, resolve_config
+
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, *overrides]))
+    dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
+    try:
+        return evaluate(build_trainer(cfg, dist), 0)
+    finally:
+        destroy_distributed()

@@ -105,3 +105,31 @@ def test_cli_generates_from_text_with_the_checkpoint_tokenizer(converted, tmp_pa
         bad.write_text(json.dumps(bad_row) + "\n")
         argv[argv.index("--input") + 1] = str(bad)
         assert run_ranks("tests.integration.bodies:cli", 1, {"argv": argv[:4] + ["1"] + argv[5:]}) == [2]
+
+
+def test_generate_stops_at_every_stop_id_of_config_and_generation_config(converted, tmp_path):
+    """Stop ids: config.json's eos_token_id ∪ generation_config.json's (Gemma 2/3 instruction-tuned
+    releases list <end_of_turn> only there), plus --stop-id. Sampled with a fixed seed (the draws up to a
+    stop do not depend on it): the run without them shows which token comes third; with it as
+    generation_config's eos the response ends there."""
+    root, _, _, _ = converted("gemma_mqa")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(root / "ckpt", ckpt)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"tokens": [2, 7, 9]}) + "\n")
+
+    def sampled(*extra):
+        argv = ["generate", "--ckpt", str(ckpt), "--input", str(tmp_path / "in.jsonl"), "--output",
+                str(tmp_path / "out.jsonl"), "--temperature", "3", "--seed", "5", "--max-new-tokens", "12", *extra]
+        assert run_ranks("tests.integration.bodies:cli", 1, {"argv": argv}) == [0]
+        return json.loads((tmp_path / "out.jsonl").read_text())["tokens"]
+
+    hf_config = json.loads((ckpt / "hf" / "config.json").read_text())
+    (ckpt / "hf" / "config.json").write_text(json.dumps({**hf_config, "eos_token_id": 0}))
+    free = sampled()
+    stop = next(t for t in free[2:] if t not in free[:2])  # a token first produced at position >= 3
+    at = free.index(stop)
+    (ckpt / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, stop]}))
+    assert sampled() == free[: at + 1]
+    (ckpt / "hf" / "generation_config.json").unlink()
+    extra = free[1]
+    assert sampled("--stop-id", str(extra)) == free[: free.index(extra) + 1]  # adds to the checkpoint's eos ids

@@ -84,6 +84,8 @@ def catalogue(tmp_path_factory, converted):
     case("train_batch_vs_microbatch", "must divide the 4 training sequences",
          lambda d: cli(*_train_args(d / "o", "parallel.micro_batch_size=3")))
     case("train_batch_of_one", "leave-one-out baseline needs at least 2", lambda d: cli(*_train_args(d / "o", "train.global_batch_size=1")))
+    case("train_virtual_pipeline", "parallel.vpp: the interleaved (virtual) pipeline schedule is not supported",
+         lambda d: cli(*_train_args(d / "o", "parallel.vpp=2")))
     case("train_bf16_on_cpu", "bfloat16 training needs CUDA", lambda d: cli(*_train_args(d / "o", "policy.dtype=bfloat16")))
 
     def unwritable(d):
@@ -190,6 +192,14 @@ def catalogue(tmp_path_factory, converted):
         return score(d, ckpt=d / "ck")
 
     case("score_incomplete_checkpoint", "is missing: the checkpoint is incomplete", score_incomplete)
+    case("score_output_is_a_directory", "is a directory: give a file path",
+         lambda d: (d.joinpath("out.jsonl").mkdir(), score(d))[1])
+
+    def not_utf8(d):
+        (d / "in.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+        return cli("generate", "--ckpt", gemma, "--input", d / "in.jsonl", "--output", d / "o.jsonl")
+
+    case("generate_input_not_utf8", "in.jsonl:1: not UTF-8 text", not_utf8)
     case("score_longer_than_context", "exceed max_seq_length 64",
          lambda d: cli("score", "--ckpt", gemma, "--input", rows_file(d, [[5] * 100]), "--output", d / "o.jsonl"))
     gen = lambda d, *extra: cli("generate", "--ckpt", gemma, "--input", rows_file(d, [[5, 6]]),  # noqa: E731
@@ -229,6 +239,10 @@ def catalogue(tmp_path_factory, converted):
          lambda d: hf_copy(d, edit_config(json.dumps({**cfg, "num_attention_heads": "4"}))))
     case("convert_config_missing_heads", "config.json does not match the weights",  # transformers' default 8 heads
          lambda d: hf_copy(d, edit_config(json.dumps({k: v for k, v in cfg.items() if k != "num_attention_heads"}))))
+    case("convert_config_missing_vocab", "has no vocab_size, so transformers' default vocab_size=256000, but "
+         "model.embed_tokens.weight has 251 rows", lambda d: hf_copy(d, edit_config(json.dumps({k: v for k, v in cfg.items() if k != "vocab_size"}))))
+    case("convert_config_missing_head_dim", "has no head_dim, and the weights cannot tell the head count from the head dim",
+         lambda d: hf_copy(d, edit_config(json.dumps({k: v for k, v in cfg.items() if k != "head_dim"}))))
 
     def out_under_file(d):
         shutil.copytree(hf, d / "hf")
@@ -260,7 +274,7 @@ def catalogue(tmp_path_factory, converted):
 CASE_NAMES = [
     "train_unknown_key", "train_bad_type", "train_bad_value", "train_missing_recipe", "train_yaml_syntax",
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
-    "train_batch_of_one", "train_bf16_on_cpu", "train_unwritable_output", "train_missing_policy_ckpt",
+    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
     "train_resume_sharded_optimizer_state",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
@@ -268,11 +282,12 @@ CASE_NAMES = [
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
     "train_empty_prompt_file", "train_prompts_longer_than_context", "train_prompt_ids_outside_vocab",
     "score_missing_input", "score_batch_size_0", "score_output_dir_missing", "score_incomplete_checkpoint",
-    "score_longer_than_context", "generate_zero_new_tokens", "generate_negative_new_tokens",
+    "score_longer_than_context", "score_output_is_a_directory", "generate_input_not_utf8", "generate_zero_new_tokens", "generate_negative_new_tokens",
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
     "config_yaml_syntax", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
     "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
-    "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
+    "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_config_missing_vocab",
+    "convert_config_missing_head_dim", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
 ]
 
 

@@ -9,19 +9,20 @@ import pytest
 import sentencepiece
 
 from megatron_bond.config import load_config
+from megatron_bond.models.tokenizer import TextSide
 from megatron_bond.train.data import GEMMA_USER_TURN, PromptOrder, load_prompts
 
 TEXTS = [f"the best of {n} samples is better than one" + " sample" * (n % 5) for n in range(40)]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def text(tmp_path_factory):
     root = tmp_path_factory.mktemp("sp")
     (root / "corpus.txt").write_text("\n".join(TEXTS * 5 + ["<start_of_turn>user model <end_of_turn>"]))
     sentencepiece.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "sp"),
                                              vocab_size=60, model_type="bpe", pad_id=0, eos_id=1, bos_id=2,
                                              unk_id=3, minloglevel=2)
-    return sentencepiece.SentencePieceProcessor(model_file=str(root / "sp.model"))
+    return TextSide(sentencepiece.SentencePieceProcessor(model_file=str(root / "sp.model")), bos_id=2, eos_ids=(1,))
 
 
 def _write(fmt: str, rows: list[dict], root):
@@ -45,26 +46,26 @@ def _cfg(path, *extra):
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "saved"])
-def test_every_format_gives_the_same_prompts(fmt, tokenizer, tmp_path):
-    got = load_prompts(_cfg(_write(fmt, [{"text": t} for t in TEXTS], tmp_path)), tokenizer, bos_id=2)
-    ref = load_prompts(_cfg(_write("jsonl", [{"text": t} for t in TEXTS], tmp_path)), tokenizer, bos_id=2)
+def test_every_format_gives_the_same_prompts(fmt, text, tmp_path):
+    got = load_prompts(_cfg(_write(fmt, [{"text": t} for t in TEXTS], tmp_path)), text)
+    ref = load_prompts(_cfg(_write("jsonl", [{"text": t} for t in TEXTS], tmp_path)), text)
     assert (got.train, got.eval, got.dropped) == (ref.train, ref.eval, ref.dropped)
-    encoded = [[2] + tokenizer.encode(t) for t in TEXTS]
+    encoded = [[2] + text.tokenizer.encode(t) for t in TEXTS]
     kept = [e for e in encoded if len(e) <= 14]
     assert got.dropped == len(encoded) - len(kept) > 0  # the long ones, counted
     assert sorted(got.train + got.eval) == sorted(kept) and len(got.eval) == 8
 
 
-def test_chat_template_wraps_each_prompt_in_a_user_turn(tokenizer, tmp_path):
+def test_chat_template_wraps_each_prompt_in_a_user_turn(text, tmp_path):
     path = _write("jsonl", [{"text": t} for t in TEXTS], tmp_path)
-    got = load_prompts(_cfg(path, "data.chat_template=true", "data.max_prompt_tokens=200"), tokenizer, bos_id=2)
-    want = sorted([2] + tokenizer.encode(GEMMA_USER_TURN.format(text=t)) for t in TEXTS)
+    got = load_prompts(_cfg(path, "data.chat_template=true", "data.max_prompt_tokens=200"), text)
+    want = sorted([2] + text.tokenizer.encode(GEMMA_USER_TURN.format(text=t)) for t in TEXTS)
     assert sorted(got.train + got.eval) == want
 
 
 def test_token_ids_are_taken_as_they_are(tmp_path):
     rows = [{"tokens": [2] + [4 + (n + i) % 50 for i in range(1 + n % 9)]} for n in range(30)]
-    got = load_prompts(_cfg(_write("parquet", rows, tmp_path), "data.max_prompt_tokens=8"))
+    got = load_prompts(_cfg(_write("parquet", rows, tmp_path), "data.max_prompt_tokens=8"), TextSide(None, 2, (1,)))
     kept = [r["tokens"] for r in rows if len(r["tokens"]) <= 8]
     assert sorted(got.train + got.eval) == sorted(kept) and got.dropped == len(rows) - len(kept)
 
