@@ -52,11 +52,18 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 ARGS=("$RECIPE" $OVERRIDES "run.output_dir=$RUN_DIR")
 
 # Rendezvous from the allocation: the first node's address as the other nodes reach it (Slurm's
-# NodeAddr, resolved; node names need not resolve), a port derived from the job id (the runtime
-# derives the same if these are unset), ranks from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID.
-FIRST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+# NodeAddr: an IP literal as it is, a name resolved where it resolves; node names need not), a port
+# derived from the job id (the runtime derives the same if these are unset), ranks from SLURM_PROCID /
+# SLURM_NTASKS / SLURM_LOCALID. An IPv6 address is bracketed where a URL is formed (the runtime).
+# awk reads every line: `head -n1` would leave scontrol writing into a closed pipe (SIGPIPE, and pipefail
+# ends the job) on a long node list.
+FIRST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')
 NODE_ADDR=$(scontrol show node "$FIRST_NODE" | grep -oE 'NodeAddr=[^ ]+' | cut -d= -f2)
-MASTER_ADDR=$(getent hosts "$NODE_ADDR" | awk '{print $1; exit}')
+if [[ "$NODE_ADDR" =~ ^[0-9.]+$ || "$NODE_ADDR" == *:* ]]; then
+    MASTER_ADDR=$NODE_ADDR
+else  # getent exits 2 for a name without a host entry: keep the name then
+    MASTER_ADDR=$(getent hosts "$NODE_ADDR" | awk '{print $1; exit}' || true)
+fi
 export MASTER_ADDR=${MASTER_ADDR:-$NODE_ADDR}
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 
@@ -66,9 +73,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one process per GPU (or CPU task
 export MEGATRON_BOND_TIMEOUT_MINUTES=${MEGATRON_BOND_TIMEOUT_MINUTES:-30}
 if [ "$GPUS_PER_NODE" -gt 0 ]; then
     # Megatron overlaps TP communication with compute only if kernels launch in issue order: one queue.
-    TP=$(srun --ntasks=1 --nodes=1 "${LAUNCH[@]}" "$PYTHON" -m megatron_bond.cli config "${ARGS[@]}" \
-         | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["parallel"]["tp"])')
-    [ "$TP" -gt 1 ] && export CUDA_DEVICE_MAX_CONNECTIONS=1
+    # Asked of the recipe where the tasks run (the container's python; the batch host may have none);
+    # a bad recipe or override ends the job here, with megatron-bond's one-line message.
+    TP=$(srun --ntasks=1 --nodes=1 "${LAUNCH[@]}" "$PYTHON" -m megatron_bond.cli config "${ARGS[@]}" --get parallel.tp) \
+        || { echo "== the recipe was refused (above): nothing was launched"; exit 2; }
+    if [ "$TP" -gt 1 ]; then export CUDA_DEVICE_MAX_CONNECTIONS=1; fi
     export TORCH_NCCL_AVOID_RECORD_STREAMS=1  # free NCCL's buffers without recordStream: less memory held
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed or timed-out collective ends the process, not a hang
     export NCCL_DEBUG=${NCCL_DEBUG:-WARN}  # NCCL's own warnings (a failed transport, a timeout) reach the logs; INFO to debug a hang
@@ -76,7 +85,7 @@ if [ "$GPUS_PER_NODE" -gt 0 ]; then
 fi
 
 echo "== megatron-bond J-BOND job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NUM_NODES} node(s): ${SLURM_JOB_NODELIST}"
-echo "== ${SLURM_NTASKS} tasks, ${GPUS_PER_NODE} GPU(s) per node; rendezvous ${MASTER_ADDR}:${MASTER_PORT}; run dir ${RUN_DIR}"
+echo "== ${SLURM_NTASKS} tasks, ${GPUS_PER_NODE} GPU(s) per node; rendezvous ${MASTER_ADDR} port ${MASTER_PORT}; run dir ${RUN_DIR}"
 echo "== recipe ${RECIPE}; overrides: ${OVERRIDES:-none}"
 TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / SLURM_JOB_NUM_NODES))}
 PLAN_ARGS=(--nodes "$SLURM_JOB_NUM_NODES" --gpus-per-node "$TASKS_PER_NODE")

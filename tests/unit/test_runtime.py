@@ -54,3 +54,11 @@ def test_cpu_shim_refuses_unchecked_megatron_version(monkeypatch):
         cpu_shim._check_version()
     assert "megatron-core 0.99.0 is not supported on CPU" in str(err.value)
     assert "install megatron-core==0.16.1" in str(err.value)
+
+
+@pytest.mark.parametrize("addr, host", [("10.1.2.3", "10.1.2.3"), ("gpu003", "gpu003"), ("fd00::17", "[fd00::17]"),
+                                        ("[fd00::17]", "[fd00::17]")])
+def test_rendezvous_url_brackets_ipv6_literals(addr, host):
+    from megatron_bond.runtime.distributed import tcp_host
+
+    assert tcp_host(addr) == host
