@@ -14,7 +14,8 @@ from megatron_bond.errors import RunError
 from megatron_bond.runtime import destroy_distributed, init_distributed
 from megatron_bond.train.evaluate import evaluate
 from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
-from megatron_bond.train.setup import Trainer, build_trainer, resolve_config
+from megatron_bond.resolve import resolve_config
+from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
     CHECKPOINTS,
     StopSignal,

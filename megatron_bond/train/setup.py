@@ -3,42 +3,18 @@ scheduler), the anchor and π_ref, the reward, the prompts and their order."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from megatron_bond.config import Config, ConfigError
+from megatron_bond.config import Config
 from megatron_bond.models.tokenizer import load_text_side
+from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime import DistEnv
 from megatron_bond.train.anchor import Anchor, ReferenceWeights
 from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
 from megatron_bond.train.rewards import build_reward
 from megatron_bond.train.update import SkippedUpdates
-
-
-def resolve_config(cfg: Config) -> Config:
-    """The config a run trains with (before any process group): the architecture of the policy
-    checkpoint when there is one, the training dtype and the anchor's mode. Saved as config.yaml."""
-    from megatron_bond.models.checkpoint import read_checkpoint_config
-
-    model = cfg.model
-    if cfg.policy.ckpt:
-        model = read_checkpoint_config(cfg.policy.ckpt).model
-    if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
-        read_checkpoint_config(cfg.reward.ckpt)
-    dtype = cfg.policy.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    if dtype == "bfloat16" and not torch.cuda.is_available():
-        raise ConfigError("policy.dtype: bfloat16 training needs CUDA (megatron-core's mixed-precision "
-                          "optimizer takes CUDA tensors only): use float32 on CPU")
-    if model.reward_head:
-        raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
-    bond = cfg.bond
-    if bond.anchor == "auto":
-        bond = dataclasses.replace(bond, anchor="fixed" if bond.algorithm == "reinforce" else "ema")
-    return dataclasses.replace(cfg, model=dataclasses.replace(model, params_dtype=dtype), bond=bond).validate()
 
 
 @dataclass
@@ -98,13 +74,6 @@ def _optimizer(cfg: Config, model: list):
         start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=max(steps, 1), wd_incr_style="constant",
     )
     return optimizer, scheduler
-
-
-def uses_distributed_optimizer(cfg: Config) -> bool:
-    wanted = cfg.optimizer.distributed
-    if wanted and not torch.cuda.is_available():
-        raise ConfigError("optimizer.distributed needs CUDA (megatron-core's distributed optimizer refuses CPU tensors)")
-    return torch.cuda.is_available() if wanted is None else wanted
 
 
 def _wrap_ddp(cfg: Config, chunks: list) -> list:

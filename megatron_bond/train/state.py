@@ -38,6 +38,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
 from megatron_bond.models.keys import canonical
+from megatron_bond.resolve import uses_distributed_optimizer
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -91,8 +92,6 @@ def _state(t, is_loading: bool, fulls: list) -> dict:
 
 
 def _optimizer_sharding(cfg: Config) -> str | None:
-    from megatron_bond.train.setup import uses_distributed_optimizer
-
     return DIST_OPT_SHARDING if uses_distributed_optimizer(cfg) else None
 
 

@@ -23,7 +23,8 @@ def allocated(tp: int, pp: int) -> dict:
     from megatron.core import parallel_state as ps
 
     from megatron_bond.memory import stage_params
-    from megatron_bond.train.setup import build_trainer, resolve_config
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.train.setup import build_trainer
     from megatron_bond.train.step import train_step
 
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}", f"parallel.pp={pp}"]))

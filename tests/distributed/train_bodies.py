@@ -23,7 +23,8 @@ TERMS, LOSS_DEPTH, GRAD_DEPTH = 272, 22, 45
 def one_step(tp: int, pp: int, overrides: list[str] = ()) -> dict:
     """Build the tiny trainer at this layout, run train_step once; return its metrics, the full policy
     parameters before and after, the gradients the optimizer used (clipped), and the anchor after."""
-    from megatron_bond.train.setup import build_trainer, resolve_config
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.train.setup import build_trainer
     from megatron_bond.train.step import train_step
 
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, f"parallel.tp={tp}", f"parallel.pp={pp}",
@@ -93,7 +94,8 @@ def bf16_anchor_tracks_fp32(steps: int = 50, eta: float = 0.02, gap: float = 0.0
 def evaluation(overrides: list[str] = ()) -> dict:
     """The evaluation row at step 0 (no training) of the tiny trainer on this world."""
     from megatron_bond.train.evaluate import evaluate
-    from megatron_bond.train.setup import build_trainer, resolve_config
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.train.setup import build_trainer
 
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, *overrides]))
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)

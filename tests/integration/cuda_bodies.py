@@ -18,7 +18,8 @@ def bf16_trainer_steps_and_sharded_anchor(steps: int = 3, ema_steps: int = 50, e
     optimizer's fp32 master shards 1 % and run ``ema_steps`` EMA updates: the fraction of the gap the
     anchor's fp32 shadow closes, and the largest distance of the anchor model's bf16 weights from the
     closed form, in bf16 ulps (the same measures as the CPU test of the Float16 optimizer's layout)."""
-    from megatron_bond.train.setup import build_trainer, resolve_config
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.train.setup import build_trainer
     from megatron_bond.train.step import train_step
 
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", TINY))

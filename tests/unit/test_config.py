@@ -38,6 +38,13 @@ def test_round_trip_through_dict():
         ("bond.beta=high", "bond.beta: expected float, got 'high'"),
         ("model=3", "config: model: expected a mapping, got 3"),
         ("tp", "override 'tp' is not of the form key=value"),
+        ("optimizer.adam_beta1=1.5", "optimizer.adam_beta1: must lie in [0, 1), got 1.5"),
+        ("model.num_layers=-2", "model.num_layers: must be >= 1, got -2"),
+        ("model.hidden_size=0", "model.hidden_size: must be >= 1, got 0"),
+        ("model.num_attention_heads=0", "model.num_attention_heads: must be >= 1, got 0"),
+        ("optimizer.lr=.nan", "optimizer.lr: must be > 0, got nan"),
+        ("rollout.max_new_tokens=128", "rollout.max_new_tokens: 128 leaves no room for a prompt in model.max_seq_length (128)"),
+        ("logging.wandb_mode=on", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean (True)"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_key(override, message):
@@ -82,3 +89,20 @@ def test_every_shipped_recipe_loads_and_validates(recipe):
     their allocation is tests/distributed/test_memory_plan.py's)."""
     cfg = load_config(f"recipes/{recipe}", [])
     assert cfg.validate() is cfg
+
+
+def test_every_numeric_key_has_a_range():
+    """A key added to the schema without a range in config/ranges.py fails here."""
+    import dataclasses
+    import typing
+
+    from megatron_bond.config.ranges import RANGES
+
+    numeric = set()
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.type if isinstance(section.type, type) else typing.get_type_hints(Config)[section.name]):
+            hint = typing.get_type_hints(typing.get_type_hints(Config)[section.name])[f.name]
+            args = typing.get_args(hint) or (hint,)
+            if any(a in (int, float) for a in args):
+                numeric.add(f"{section.name}.{f.name}")
+    assert numeric == set(RANGES)

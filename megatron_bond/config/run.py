@@ -1,0 +1,80 @@
+"""Where a run's inputs come from and where its outputs go: ``run``, ``policy``, ``reward``, ``data``,
+``rollout``, ``train``, ``checkpoint`` and ``logging`` sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+
+@dataclass
+class RunConfig:
+    name: str = "megatron-bond"
+    seed: int = 1234
+    output_dir: str = "runs/megatron-bond"
+
+
+@dataclass
+class PolicyConfig:
+    ckpt: Optional[str] = None  # a checkpoint from tools/convert_hf_to_megatron.py; None: a tiny model from `model`
+    # Training dtype; "auto": bfloat16 on GPU, float32 on CPU. float16 is refused (Gemma overflows it).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+@dataclass
+class RewardConfig:
+    """One reward: a reward-model checkpoint (tools/convert_hf_to_megatron.py, run at the policy's TP/PP)
+    or a Python function "module:function"; neither: the built-in rule of the tiny run."""
+
+    ckpt: Optional[str] = None
+    function: Optional[str] = None
+    batch_size: int = 16  # sequences per reward-model forward
+
+
+@dataclass
+class DataConfig:
+    """Prompts from local files through HF datasets (jsonl, json, parquet, or a saved dataset directory);
+    None: prompts of random tokens, generated from run.seed (the tiny run)."""
+
+    path: Optional[str] = None
+    eval_path: Optional[str] = None  # held-out prompts; None: eval_size prompts held out of `path`
+    text_field: str = "text"  # tokenized with the policy checkpoint's SentencePiece tokenizer
+    tokens_field: str = "tokens"  # used instead where rows carry token ids
+    chat_template: bool = False  # wrap text in Gemma's user turn and open the model turn
+    max_prompt_tokens: int = 64  # longer prompts are dropped (and counted)
+    eval_size: int = 32
+    num_prompts: int = 512  # tiny run only: how many prompts to generate
+
+
+@dataclass
+class RolloutConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 16  # prompts per generate call (each with all its samples)
+    score_batch_size: int = 16  # sequences per scoring forward pass
+    # The reward of a response cut at max_new_tokens before any stop id, instead of the reward source's
+    # (None: scored as if complete). Applied to every rollout: policy, anchor and evaluation.
+    truncated_reward: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch_size: int = 16  # prompts per step, split over data-parallel ranks
+    eval_every: int = 25  # steps between evaluations (0: only at the start and the end)
+    eval_ref_samples: int = 16  # k reference samples per held-out prompt for quantile/ref
+    # Updates with a non-finite gradient are skipped (no weights, anchor or LR change); this many in a
+    # row end the run without a checkpoint (the last one on disk stays the last good state).
+    max_skipped_steps: int = 3
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints (0: only at the end)
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
+    wandb_project: str = "megatron-bond"
+    progress: bool = True  # a tqdm bar with ETA on rank 0

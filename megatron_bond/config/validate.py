@@ -1,0 +1,96 @@
+"""Rules between keys (heads against TP, layers against PP, one reward source, ...) and the numeric
+ranges of ranges.py; and what the world size decides (the batch split)."""
+
+from __future__ import annotations
+
+from megatron_bond.config.errors import ConfigError
+from megatron_bond.config.ranges import check_ranges
+
+
+def validate(cfg) -> None:
+    """Cross-key rules and ranges (one-line ConfigError naming the key), before any process group."""
+    check_ranges(cfg.to_dict())
+    m, p = cfg.model, cfg.parallel
+    groups = m.num_query_groups or m.num_attention_heads
+    _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", "needs tp > 1")
+    _require(
+        m.num_attention_heads % p.tp == 0,
+        "parallel.tp",
+        f"tp={p.tp} must divide model.num_attention_heads={m.num_attention_heads}",
+    )
+    _require(
+        m.num_attention_heads % groups == 0,
+        "model.num_query_groups",
+        f"{groups} must divide model.num_attention_heads={m.num_attention_heads}",
+    )
+    _require(
+        groups % p.tp == 0 or p.tp % groups == 0,
+        "parallel.tp",
+        f"tp={p.tp} and model.num_query_groups={groups} must divide one another",
+    )
+    _require(
+        m.padded_vocab_size() % p.tp == 0,
+        "model.make_vocab_size_divisible_by",
+        f"the padded vocabulary ({m.padded_vocab_size()}) must split evenly over tp={p.tp}",
+    )
+    _require(
+        m.layer_types is None or len(m.layer_types) == m.num_layers,
+        "model.layer_types",
+        f"needs one entry per layer ({m.num_layers})",
+    )
+    _require(
+        not m.layer_types or set(m.layer_types) <= {"sliding_attention", "full_attention"},
+        "model.layer_types",
+        "entries must be 'sliding_attention' or 'full_attention'",
+    )
+    uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+    if uneven:
+        _require(p.pp > 1, "parallel.first_stage_layers", "uneven stages need pp > 1")
+        layers = p.stage_layers(m.num_layers)  # the other stages' even split falls short when it cannot be
+        _require(sum(layers) == m.num_layers and min(layers) >= 1, "parallel.first_stage_layers",
+                 f"{m.num_layers} layers with first={p.first_stage_layers}, last={p.last_stage_layers} give "
+                 f"stages {layers}: every stage needs at least one layer, and the other stages split the "
+                 "rest evenly")
+    else:
+        _require(
+            m.num_layers % p.pp == 0,
+            "parallel.pp",
+            f"pp={p.pp} must divide model.num_layers={m.num_layers} "
+            "(or set parallel.first_stage_layers / last_stage_layers)",
+        )
+    # Rollouts and scoring send one microbatch through the pipeline, which megatron-core's interleaved
+    # schedule cannot run; training alone would need one data iterator per model chunk.
+    _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
+             "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
+    b = cfg.bond
+    _require(b.algorithm != "reinforce" or b.anchor in ("auto", "fixed"), "bond.anchor",
+             "reinforce keeps its anchor fixed at π_ref: leave bond.anchor unset (or fixed)")
+    _require(cfg.reward.ckpt is None or cfg.reward.function is None, "reward",
+             "give reward.ckpt or reward.function, not both")
+    _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",
+             f"{cfg.reward.function!r} must be 'module:function'")
+    t, r, o = cfg.train, cfg.rollout, cfg.optimizer
+    _require(o.min_lr <= o.lr, "optimizer.min_lr", f"must be <= optimizer.lr ({o.lr})")
+    _require(m.pad_token_id < m.vocab_size, "model.pad_token_id", f"must be below model.vocab_size ({m.vocab_size})")
+    _require(r.max_new_tokens < m.max_seq_length, "rollout.max_new_tokens",
+             f"{r.max_new_tokens} leaves no room for a prompt in model.max_seq_length ({m.max_seq_length})")
+    _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
+             "the leave-one-out baseline needs at least 2 prompts per step")
+
+
+def check_batch_split(cfg, dp: int) -> None:
+    """What the world size decides: the batch split over ``dp`` data-parallel ranks and into
+    microbatches (checked by the trainer at start and by the memory planner for an allocation)."""
+    t, p = cfg.train, cfg.parallel
+    if t.global_batch_size % dp:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by the "
+                          f"data-parallel size {dp} (world {dp * p.tp * p.pp} / tp·pp {p.tp * p.pp})")
+    sequences = 2 * t.global_batch_size // dp  # two training sequences per prompt
+    if sequences % p.micro_batch_size:
+        raise ConfigError(f"parallel.micro_batch_size ({p.micro_batch_size}) must divide the {sequences} "
+                          f"training sequences per data-parallel rank (2 per prompt)")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config: {key}: {message}")

@@ -1,0 +1,76 @@
+"""The config a run trains with, resolved before any process group (by the trainer and the memory planner
+alike): the policy checkpoint's architecture, the training dtype, the anchor's mode.
+
+With ``policy.ckpt`` the architecture is the checkpoint's. Of the recipe's ``model`` keys, those that
+choose how to run take effect (``transformer_impl``; ``max_seq_length`` up to the checkpoint's); a key
+that contradicts the checkpoint is refused, so a recipe written for another model says so instead of
+training this one. A key left at the schema's default counts as not given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from megatron_bond.config import Config, ConfigError, ModelConfig
+
+RUN_CHOICES = ("transformer_impl", "max_seq_length")  # how to run the checkpoint, not what it is
+FROM_ELSEWHERE = ("params_dtype",)  # the training dtype is policy.dtype's, not the checkpoint's storage dtype
+
+
+def _model_from_checkpoint(recipe: ModelConfig, ckpt_model: ModelConfig, ckpt: str) -> ModelConfig:
+    default = ModelConfig()
+    given = {f.name for f in dataclasses.fields(ModelConfig)
+             if getattr(recipe, f.name) != getattr(default, f.name) and f.name not in FROM_ELSEWHERE}
+    for name in sorted(given - set(RUN_CHOICES)):
+        if getattr(recipe, name) != getattr(ckpt_model, name):
+            raise ConfigError(f"config: model.{name}: the recipe says {getattr(recipe, name)!r}, policy.ckpt {ckpt} "
+                              f"has {getattr(ckpt_model, name)!r}: remove the key (the checkpoint decides) or "
+                              "use the checkpoint the recipe was written for")
+    if "max_seq_length" in given and recipe.max_seq_length > ckpt_model.max_seq_length:
+        raise ConfigError(f"config: model.max_seq_length: {recipe.max_seq_length} exceeds policy.ckpt {ckpt}'s "
+                          f"{ckpt_model.max_seq_length}")
+    return dataclasses.replace(ckpt_model, **{k: getattr(recipe, k) for k in RUN_CHOICES if k in given})
+
+
+def training_dtype(cfg: Config, on_gpu: bool) -> str:
+    dtype = cfg.policy.dtype
+    if dtype == "auto":
+        return "bfloat16" if on_gpu else "float32"
+    if dtype == "bfloat16" and not on_gpu:
+        raise ConfigError("policy.dtype: bfloat16 training needs CUDA (megatron-core's mixed-precision "
+                          "optimizer takes CUDA tensors only): use float32 on CPU")
+    return dtype
+
+
+def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) -> Config:
+    """``on_gpu``: where the run trains (None: this machine). ``check=False`` reads checkpoint configs
+    without checking their tensors (the planner, on a machine without the weights)."""
+    from megatron_bond.models.checkpoint import read_checkpoint_config
+
+    if on_gpu is None:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+    model = cfg.model
+    if cfg.policy.ckpt:
+        model = _model_from_checkpoint(cfg.model, read_checkpoint_config(cfg.policy.ckpt, check=check).model,
+                                       cfg.policy.ckpt)
+    if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
+        read_checkpoint_config(cfg.reward.ckpt, check=check)
+    if model.reward_head:
+        raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
+    bond = cfg.bond
+    if bond.anchor == "auto":
+        bond = dataclasses.replace(bond, anchor="fixed" if bond.algorithm == "reinforce" else "ema")
+    model = dataclasses.replace(model, params_dtype=training_dtype(cfg, on_gpu))
+    return dataclasses.replace(cfg, model=model, bond=bond).validate()
+
+
+def uses_distributed_optimizer(cfg: Config) -> bool:
+    """optimizer.distributed, resolved: on with CUDA unless turned off, refused without it."""
+    import torch
+
+    wanted = cfg.optimizer.distributed
+    if wanted and not torch.cuda.is_available():
+        raise ConfigError("optimizer.distributed needs CUDA (megatron-core's distributed optimizer refuses CPU tensors)")
+    return torch.cuda.is_available() if wanted is None else wanted
