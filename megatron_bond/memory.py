@@ -22,12 +22,16 @@ from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
+from megatron_bond.phases import PHASES
 from megatron_bond.train.weights import samples_per_prompt
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_OVERHEAD = 2.0 * GiB  # CUDA context, NCCL buffers, cuBLAS workspaces: measured 1.5 to 2.5 GiB on H100s
 FRAGMENTATION = 0.10  # the caching allocator's slack: plan for 10 % on top of the tensors
+# Kept free of the GPU's memory: an 80 GB H100 leaves PyTorch about 79 GiB, and NCCL's and the CUDA
+# context's use varies with the cluster (a plan at 79.2 of 80 GiB is not a plan that fits).
+HEADROOM = 0.05
 
 
 @dataclass(frozen=True)
@@ -110,35 +114,67 @@ def kv_cache_bytes(m: ModelConfig, tp: int, layers: int, batch: int, seq: int) -
     return 2 * layers * batch * seq * groups * d * DTYPE_BYTES[m.params_dtype]
 
 
+def _logit_chunk(m: ModelConfig, tp: int, tokens: int) -> int:
+    """Elements of one fp32 chunk of logits in the fused heads (ops/logprob.py's rule on CUDA)."""
+    rows = m.padded_vocab_size() // tp
+    return rows * max(1, min(CHUNK_BUDGET_ELEMENTS["cuda"] // rows, -(-tokens // 8)))
+
+
 def head_bytes(m: ModelConfig, tp: int, tokens: int) -> int:
     """The fused training head: one fp32 chunk of logits, and the fp32 hidden and weight gradients it
     forms in forward and keeps until backward."""
     rows = m.padded_vocab_size() // tp
-    chunk = max(1, min(CHUNK_BUDGET_ELEMENTS["cuda"] // rows, -(-tokens // 8)))
-    return 4 * (chunk * rows + rows * m.hidden_size + tokens * m.hidden_size)
+    return 4 * (_logit_chunk(m, tp, tokens) + rows * m.hidden_size + tokens * m.hidden_size)
 
 
 @dataclass
 class Plan:
-    items: dict[str, float]  # bytes per GPU
+    """Bytes per GPU of the fullest stage: what every phase holds (``resident``) and what each phase adds
+    (``phases``, keyed by PHASES); the verdict is the largest phase's total against the usable memory."""
+
+    resident: dict[str, float]
+    phases: dict[str, dict[str, float]]
     host: dict[str, float]  # bytes of host memory per rank
-    total: float
     capacity: float
     layout: str
+    on_gpu: bool = True
+
+    def overhead(self, tensors: float) -> dict[str, float]:
+        if not self.on_gpu:
+            return {}
+        return {"allocator slack (10 %)": FRAGMENTATION * tensors, "CUDA context, NCCL, workspaces": CUDA_OVERHEAD}
+
+    def phase_total(self, phase: str) -> float:
+        tensors = sum(self.resident.values()) + sum(self.phases[phase].values())
+        return tensors + sum(self.overhead(tensors).values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(PHASES, key=self.phase_total)
+
+    @property
+    def total(self) -> float:
+        return self.phase_total(self.peak_phase)
+
+    @property
+    def usable(self) -> float:
+        return (1.0 - HEADROOM) * self.capacity
 
     @property
     def fits(self) -> bool:
-        return self.total <= self.capacity
+        return self.total <= self.usable
 
 
 def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_gpu: bool = True,
          distributed_optimizer: bool | None = None, recompute: bool = False) -> Plan:
-    """Itemised bytes per GPU of the fullest pipeline stage: each stage is counted with its own
-    parameters, layers and microbatches in flight (1F1B: pp − s on stage s), and the largest wins."""
+    """Per-phase bytes per GPU of the fullest pipeline stage: each stage is counted with its own
+    parameters, layers and microbatches in flight (1F1B: pp − s on stage s), and the stage whose
+    largest phase is largest wins. ``cfg`` is resolved (resolve_config): its model dtype trains."""
     m, p = cfg.model, cfg.parallel
     tp, pp = p.tp, p.pp
     dp = alloc.world // (tp * pp)
-    dist_opt = on_gpu if distributed_optimizer is None else distributed_optimizer
+    wanted = cfg.optimizer.distributed if distributed_optimizer is None else distributed_optimizer
+    dist_opt = on_gpu if wanted is None else wanted
     shard = dp if dist_opt else 1
     sharded = " (sharded over DP)" if dist_opt and dp > 1 else ""
     policy_layers = p.stage_layers(m.num_layers)
@@ -147,39 +183,56 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     seq = _seq(cfg)
     n_policy, n_anchor = samples_per_prompt(cfg.bond)
     rollout_batch = cfg.rollout.batch_size * max(n_policy, n_anchor)
+    eval_batch = cfg.rollout.batch_size * cfg.train.eval_ref_samples  # π_ref's k samples per held-out prompt
     microbatches = 2 * cfg.train.global_batch_size // dp // p.micro_batch_size
+    vocab = m.padded_vocab_size()
 
-    def stage(s: int) -> tuple[dict, int]:
+    def next_token_logits(batch: int) -> float:  # the last position's, gathered, and this rank's shard
+        return batch * vocab * w * (1 + 1 / tp)
+
+    def stage(s: int) -> Plan:
         n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
         inflight = min(pp - s, microbatches)
         acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last) if not recompute
                 else layers * p.micro_batch_size * seq * m.hidden_size * w
                 + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
-        items = {
+        rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
+        resident = {
             "policy weights": w * n,
             "policy gradients (fp32 buffer)": 4 * n,
             "optimizer: Adam moments" + sharded: 8 * n / shard,
             "optimizer: fp32 masters" + sharded: (4 * n if w != 4 else 0) / shard,
             "anchor weights": w * n,
             "anchor fp32 EMA shadow" + sharded: 4 * n / shard,
-            "reward model weights": w * stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0,
-            "rollout KV cache": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
-            "training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight": inflight * acts,
-            "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
+            "reward model weights": w * rm,
         }
-        return items, n
+        phases = {
+            "rollout": {f"KV cache, {rollout_batch} sequences": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
+                        "next-token logits (gathered vocabulary)": next_token_logits(rollout_batch) if last else 0},
+            "scoring": {"one layer's activations, no grad": activation_bytes(m, tp, 1, seq, cfg.rollout.score_batch_size,
+                                                                           last_stage=last),
+                        "reward model: one layer's activations": activation_bytes(
+                            reward, tp, 1, seq, cfg.reward.batch_size, last_stage=last) if reward else 0,
+                        "fused scoring head (fp32 chunk)":
+                            4 * _logit_chunk(m, tp, cfg.rollout.score_batch_size * seq) if last else 0},
+            "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
+                      inflight * acts,
+                      "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
+                      "anchor refresh: flat copy of the anchor": w * n if dist_opt and dp > 1 else 0},
+            "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
+                     "next-token logits (gathered vocabulary)": next_token_logits(eval_batch) if last else 0},
+            # Under the distributed optimizer the anchor's shards are assembled into whole fp32 tensors and
+            # flattened for the all-reduce: two fp32 copies. dist_checkpointing loads into the template's
+            # tensors in place; the distributed optimizer's state template is counted as fresh buffers.
+            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt and dp > 1 else 0},
+            "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * n if dist_opt and dp > 1 else 0,
+                                "distributed optimizer: state template": 12 * n / shard if dist_opt else 0},
+        }
+        where = f", stage {s} of {pp}" if pp > 1 else ""
+        return Plan(resident, phases, {"π_ref weights (host copy)": w * n}, alloc.gpu_memory_gb * GiB,
+                    f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}", on_gpu)
 
-    stages = [stage(s) for s in range(pp)]
-    fullest = max(range(pp), key=lambda s: sum(stages[s][0].values()))
-    items, n = stages[fullest]
-    tensors = sum(items.values())
-    if on_gpu:
-        items["allocator slack (10 %)"] = FRAGMENTATION * tensors
-        items["CUDA context, NCCL, workspaces"] = CUDA_OVERHEAD
-    host = {"π_ref weights (host copy)": w * n}
-    where = f", stage {fullest} of {pp}" if pp > 1 else ""
-    return Plan(items, host, sum(items.values()), alloc.gpu_memory_gb * GiB,
-                f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}")
+    return max((stage(s) for s in range(pp)), key=lambda pl: pl.total)
 
 
 def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, **kw) -> str | None:
@@ -211,9 +264,12 @@ def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, 
         tp *= 2
     for pp in range(par.pp + 1, m.num_layers + 1):
         even = dataclasses.replace(par, pp=pp, first_stage_layers=None, last_stage_layers=None)
-        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=even), alloc):
-            return f"parallel.pp={pp}" + (" (even stages: unset first/last_stage_layers)"
-                                          if par.first_stage_layers or par.last_stage_layers else "")
+        # the fewest nodes (from the allocation's) whose GPUs hold tp·pp
+        nodes = next(n for n in range(alloc.nodes, alloc.nodes * par.tp * pp + 1)
+                     if n * alloc.gpus_per_node % (par.tp * pp) == 0)
+        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=even), dataclasses.replace(alloc, nodes=nodes)):
+            return (f"parallel.pp={pp}" + (f" on {nodes} nodes" if nodes != alloc.nodes else "")
+                    + (" (even stages: unset first/last_stage_layers)" if par.first_stage_layers or par.last_stage_layers else ""))
     for nodes in (2 * alloc.nodes, 4 * alloc.nodes, 8 * alloc.nodes):
         if fits(cfg, dataclasses.replace(alloc, nodes=nodes)):
             return f"{nodes} nodes"
@@ -229,13 +285,20 @@ def _size(n: float) -> str:
 
 def format_plan(pl: Plan, change: str | None) -> str:
     lines = [f"memory plan per rank ({pl.layout}):"]
-    width = max(len(k) for k in [*pl.items, *pl.host])
-    for k, v in pl.items.items():
-        lines.append(f"  {k:<{width}}  {_size(v)}")
-    lines.append(f"  {'total':<{width}}  {_size(pl.total)} of {_size(pl.capacity).strip()} "
-                 f"(headroom {_size(pl.capacity - pl.total).strip()})")
+    names = [*pl.resident, *pl.host, *(k for items in pl.phases.values() for k in items),
+             *pl.overhead(0.0), "largest phase"]
+    width = max(map(len, names)) + 2
+    lines.append("  held in every phase:")
+    lines += [f"    {k:<{width}}{_size(v)}" for k, v in pl.resident.items() if v]
+    for phase in PHASES:
+        total = pl.phase_total(phase)
+        tensors = sum(pl.resident.values()) + sum(pl.phases[phase].values())
+        lines.append(f"  {phase}: {_size(total).strip()}" + ("  <- largest" if phase == pl.peak_phase else ""))
+        lines += [f"    + {k:<{width - 2}}{_size(v)}" for k, v in {**pl.phases[phase], **pl.overhead(tensors)}.items() if v]
     for k, v in pl.host.items():
         lines.append(f"  host: {k}  {_size(v).strip()} per rank")
+    lines.append(f"  largest phase {pl.peak_phase}: {_size(pl.total).strip()} of {_size(pl.usable).strip()} usable "
+                 f"({_size(pl.capacity).strip()} less {HEADROOM:.0%} kept free)")
     verdict = "fits" if pl.fits else "does NOT fit"
     if not pl.fits:
         verdict += f"; smallest change that fits: {change}" if change else "; no single change found: rethink the layout"

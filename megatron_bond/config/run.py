@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 
@@ -12,6 +12,8 @@ class RunConfig:
     name: str = "megatron-bond"
     seed: int = 1234
     output_dir: str = "runs/megatron-bond"
+    # Keys (or sections) a resume may change although the numbers depend on them (train/resume.py).
+    allow_changed: list[str] = field(default_factory=list)
 
 
 @dataclass

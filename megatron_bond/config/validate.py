@@ -9,7 +9,13 @@ from megatron_bond.config.ranges import check_ranges
 
 def validate(cfg) -> None:
     """Cross-key rules and ranges (one-line ConfigError naming the key), before any process group."""
-    check_ranges(cfg.to_dict())
+    values = cfg.to_dict()
+    check_ranges(values)
+    for key in cfg.run.allow_changed:
+        node = values
+        for part in key.split("."):
+            _require(isinstance(node, dict) and part in node, "run.allow_changed", f"{key!r} is not a config key or section")
+            node = node[part]
     m, p = cfg.model, cfg.parallel
     groups = m.num_query_groups or m.num_attention_heads
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", "needs tp > 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from megatron_bond.ops import HeadSpec, token_logprobs, weighted_logprob_loss
@@ -44,6 +45,20 @@ class WeightedLossHead:
 
     def __call__(self, hidden: Tensor, weight: Tensor, spec: HeadSpec) -> Tensor:
         return weighted_logprob_loss(_flat(hidden), weight, self.targets.reshape(-1), self.weights.reshape(-1), spec)
+
+
+@dataclass
+class LastTokenLogitsHead:
+    """The next-token logits of the last position only, gathered over the vocab shards: [b, V_padded]
+    in the model dtype, softcapped as the plain logits path does. What a decode loop samples from: a
+    prefill through the plain path would materialise [b, prompt, V] (78 GiB at Gemma 7B's 256k
+    vocabulary for evaluation's 256 sequences of 512 prompt tokens) to use one position of it."""
+
+    def __call__(self, hidden: Tensor, weight: Tensor, spec: HeadSpec) -> Tensor:
+        from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+        logits = gather_from_tensor_model_parallel_region(hidden[-1] @ weight.T)
+        return torch.tanh_(logits / spec.softcap) * spec.softcap if spec.softcap else logits
 
 
 def sequence_logprobs(token_logp: Tensor, response_mask: Tensor) -> Tensor:

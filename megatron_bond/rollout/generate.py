@@ -18,6 +18,7 @@ import torch
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import check_token_ids
+from megatron_bond.models.heads import LastTokenLogitsHead
 from megatron_bond.rollout.sampling import SamplingParams, sample
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
@@ -64,16 +65,19 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
     gen = torch.Generator(device=device).manual_seed(seed)
     context = StaticInferenceContext(b, total)
 
+    head = LastTokenLogitsHead()
+
     def logits_at(start: int, end: int):
         positions = torch.arange(start, end, device=device).expand(b, end - start)
         out = forward_once(
             chunks,
+            # runtime_gather_output: megatron-core asserts it in inference mode (the head gathers itself)
             lambda model: model(buf[:, start:end], positions, None, inference_context=context,
-                                runtime_gather_output=True),
+                                runtime_gather_output=True, head=head),
             end - start, b,
         )
         context.sequence_len_offset += end - start
-        return None if out is None else out[:, -1, : cfg.model.vocab_size]
+        return None if out is None else out[:, : cfg.model.vocab_size]
 
     for chunk in chunks:
         chunk.eval()

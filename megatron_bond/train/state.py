@@ -39,6 +39,7 @@ from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
 from megatron_bond.models.keys import canonical
 from megatron_bond.resolve import uses_distributed_optimizer
+from megatron_bond.train.resume import resume_changes, run_inputs
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -156,6 +157,7 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
     _fault(step, "after_tensors")
     if t.dist.rank == 0:
         trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
+                   "inputs": run_inputs(t.cfg),
                    "skipped_updates": t.skips.state_dict(),
                    "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp},
                    "optimizer_sharding": _optimizer_sharding(t.cfg)}
@@ -197,20 +199,11 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpt
 
 
-def check_resumable(ckpt: Path, cfg: Config) -> None:
-    """Same model, same algorithm, same data: only the layout (and the step budget, logging) may change."""
+def check_resumable(ckpt: Path, cfg: Config) -> list[str]:
+    """What may change on resume (train/resume.py), and whether the optimizer state fits the layout.
+    Returns the changes run.allow_changed accepted."""
     saved = Config.from_dict(json.loads((ckpt / "config.json").read_text()))
-    # The layer implementation may change: checkpoint keys are the same for both (models/keys.py).
-    saved = dataclasses.replace(saved, model=dataclasses.replace(saved.model, transformer_impl=cfg.model.transformer_impl))
-    for section in ("model", "bond", "data", "rollout"):
-        if getattr(saved, section) != getattr(cfg, section):
-            old, new = dataclasses.asdict(getattr(saved, section)), dataclasses.asdict(getattr(cfg, section))
-            diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
-            raise ConfigError(f"cannot resume from {ckpt}: {section} differs from the recipe ({diff}); "
-                              "use a new run.output_dir for a different run")
-    if saved.run.seed != cfg.run.seed or saved.train.global_batch_size != cfg.train.global_batch_size:
-        raise ConfigError(f"cannot resume from {ckpt}: run.seed and train.global_batch_size must stay as saved "
-                          f"({saved.run.seed}, {saved.train.global_batch_size})")
+    accepted = resume_changes(ckpt, cfg)
     sharding = json.loads((ckpt / "trainer.json").read_text()).get("optimizer_sharding")
     if sharding != _optimizer_sharding(cfg):
         raise ConfigError(f"cannot resume from {ckpt}: its optimizer state was saved "
@@ -221,11 +214,21 @@ def check_resumable(ckpt: Path, cfg: Config) -> None:
         was = ", ".join(f"parallel.{k}={getattr(saved.parallel, k)}" for k in model_parallel)
         raise ConfigError(f"cannot resume from {ckpt} at another tensor/pipeline layout: the distributed "
                           f"optimizer's state ({sharding}) reshards over data-parallel ranks only; resume at {was}")
+    return accepted
+
+
+def _apply_optimizer_settings(t) -> None:
+    """Accepted optimizer changes take effect: the loaded state carries the saved settings in its param
+    groups (megatron-core's scheduler reads each group's max_lr / min_lr before its own)."""
+    o = t.cfg.optimizer
+    for group in t.optimizer.param_groups:
+        group.update(betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps)
+        group.update({k: v for k, v in (("max_lr", o.lr), ("min_lr", o.min_lr)) if k in group})
 
 
 def load_checkpoint(t, ckpt: Path) -> int:
     """Collective: restore every piece of state into the built trainer; returns the step it was at."""
-    check_resumable(ckpt, t.cfg)
+    accepted = check_resumable(ckpt, t.cfg)
     trainer = json.loads((ckpt / "trainer.json").read_text())
     fulls = t.anchor.full_shadows()
     _prime_adam_state(t.optimizer)
@@ -236,8 +239,14 @@ def load_checkpoint(t, ckpt: Path) -> int:
         prefix = "policy."
         _unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
     t.optimizer.load_state_dict(state["optimizer"])
+    if any(change.startswith("optimizer.") for change in accepted):
+        _apply_optimizer_settings(t)
     t.anchor.load_full_shadows([(p, state["anchor"][anchor_keys[s.data_ptr()]]) for p, s in fulls])
+    if any(change.startswith("optimizer.") for change in accepted):  # the recipe's schedule, not the saved one
+        t.scheduler.override_opt_param_scheduler, t.scheduler.use_checkpoint_opt_param_scheduler = True, False
     t.scheduler.load_state_dict(trainer["scheduler"])
+    if accepted and t.dist.rank == 0:
+        print(f"resuming with changes accepted by run.allow_changed: {'; '.join(accepted)}", flush=True)
     t.order.load_state_dict(trainer["order"])
     # Checkpoints written before updates could be skipped had none (a count, never in the numbers).
     t.skips.load_state_dict(trainer.get("skipped_updates", {"total": 0, "consecutive": 0}))

@@ -42,6 +42,7 @@ def test_every_shipped_recipe_fits_its_stated_nodes(recipe):
                            str(RECIPES[recipe]), "--gpus-per-node", "8"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "verdict: fits" in done.stdout, done.stdout + done.stderr
     assert f"on {RECIPES[recipe]} × 8" in done.stdout
+    assert re.search(r"largest phase (rollout|scoring|train|eval|checkpoint_save|checkpoint_load): ", done.stdout)
     assert f"sbatch --nodes={RECIPES[recipe]}" in (ROOT / "recipes" / f"{recipe}.yaml").read_text()
 
 
@@ -58,8 +59,25 @@ def _plan(*args):
 
 
 def test_a_plan_that_does_not_fit_names_a_change_that_does():
-    """Gemma 2 27B on one node at TP=8, PP=1 does not fit (107 GiB); PP=2 needs 16 GPUs, so the
-    smallest change is a second node (DP=2 shards the optimizer), and that plan fits."""
+    """Gemma 2 27B on one node at TP=8, PP=1 does not fit (its largest phase, loading a checkpoint, needs
+    ~135 GiB); PP=2 needs 16 GPUs, so the smallest change is PP=2 on a second node, and that plan fits."""
     done = _plan("--nodes", "1", "parallel.pp=1")
-    assert done.returncode == 1 and "does NOT fit; smallest change that fits: 2 nodes" in done.stdout, done.stdout
-    assert _plan("--nodes", "2", "parallel.pp=1").returncode == 0
+    assert done.returncode == 1 and "does NOT fit; smallest change that fits: parallel.pp=2 on 2 nodes" in done.stdout, done.stdout
+    assert _plan("--nodes", "2", "parallel.pp=2").returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nodes", "0"], "--nodes must be >= 1"), (["--nodes", "-1"], "--nodes must be >= 1"),
+    (["--nodes", "4", "--gpu-memory-gb", "0"], "--gpu-memory-gb > 0"),
+    (["--nodes", "4", "model.num_attention_heads=0"], "model.num_attention_heads: must be >= 1, got 0"),
+    (["--nodes", "1"], "8 ranks (1 × 8) cannot hold tp·pp = 16: the recipe's layout needs a multiple of 2 nodes of 8"),
+    (["--nodes", "4", "--cpu", "policy.dtype=bfloat16"], "bfloat16 training needs CUDA"),
+])
+def test_bad_input_to_the_planner_is_refused_in_one_line(args, message):
+    done = _plan(*args)
+    assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_tp_across_nodes_is_planned_with_a_warning():
+    done = _plan("--nodes", "4", "parallel.tp=16", "parallel.pp=1")
+    assert "warning: tp=16 spans nodes (8 GPUs each)" in done.stdout and "verdict:" in done.stdout, done.stdout + done.stderr

@@ -38,6 +38,13 @@ def _train_args(out, *extra):
     return ["train", RECIPE, *QUICK, f"run.output_dir={out}", *extra]
 
 
+def _ckpt_args(out, ckpt, *extra):
+    """From a converted checkpoint: the demo's recipe (no model section: the checkpoint's architecture;
+    the tiny recipe's model section would be refused as contradicting it)."""
+    return ["train", str(ROOT / "recipes" / "demo.yaml"), *QUICK, "parallel.tp=1", f"run.output_dir={out}",
+            f"policy.ckpt={ckpt}", *extra]
+
+
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory, converted):
     """Build every case's inputs in a directory of its own, run them all in one child process, and
@@ -96,14 +103,14 @@ def catalogue(tmp_path_factory, converted):
     # train: checkpoints
     case("train_missing_policy_ckpt", "not a megatron-bond checkpoint", lambda d: cli(*_train_args(d / "o", f"policy.ckpt={d / 'nope'}")))
     case("train_reward_ckpt_not_reward", "is not a reward model",
-         lambda d: cli(*_train_args(d / "o", f"policy.ckpt={gemma}", f"reward.ckpt={gemma}")))
+         lambda d: cli(*_ckpt_args(d / "o", gemma, f"reward.ckpt={gemma}")))
 
     def reward_vocab(d):
         shutil.copytree(reward, d / "rm")
         meta = json.loads((d / "rm" / "megatron_bond.json").read_text())
         meta["model"]["vocab_size"] = 300
         (d / "rm" / "megatron_bond.json").write_text(json.dumps(meta))
-        return cli(*_train_args(d / "o", f"policy.ckpt={gemma}", f"reward.ckpt={d / 'rm'}"))
+        return cli(*_ckpt_args(d / "o", gemma, f"reward.ckpt={d / 'rm'}"))
 
     case("train_reward_vocab_mismatch", "has vocabulary 300, the policy 251", reward_vocab)
 
@@ -112,6 +119,20 @@ def catalogue(tmp_path_factory, converted):
         return cli(*_train_args(d / "run", "model.hidden_size=32", "model.ffn_hidden_size=64"))
 
     case("train_resume_other_model", "cannot resume", resume_changed)
+    case("train_resume_changed_reward", "reward.function: None -> 'tests.integration.test_numerics:huge_reward' changed",
+         lambda d: (copy_run(d), cli(*_train_args(d / "run", "reward.function=tests.integration.test_numerics:huge_reward")))[1])
+    case("train_resume_changed_lr", "optimizer.lr: 0.00025 -> 0.001 changed since the run started",
+         lambda d: (copy_run(d), cli(*_train_args(d / "run", "optimizer.lr=1e-3")))[1])
+    case("train_allow_changed_unknown", "run.allow_changed: 'optimizer.lrr' is not a config key or section",
+         lambda d: cli(*_train_args(d / "o", "run.allow_changed=[optimizer.lrr]")))
+    case("train_adam_beta_out_of_range", "optimizer.adam_beta1: must lie in [0, 1), got 1.5",
+         lambda d: cli(*_train_args(d / "o", "optimizer.adam_beta1=1.5")))
+    case("train_new_tokens_past_context", "rollout.max_new_tokens: 200 leaves no room for a prompt",
+         lambda d: cli(*_train_args(d / "o", "rollout.max_new_tokens=200")))
+    case("train_wandb_mode_boolean", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean",
+         lambda d: cli(*_train_args(d / "o", "logging.wandb_mode=on")))
+    case("train_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
+         lambda d: cli(*_train_args(d / "o", f"policy.ckpt={gemma}", "reward.function=megatron_bond.train.rewards:tiny_reward")))
 
     def resume_distributed_optimizer_state(d):  # saved on GPUs by the distributed optimizer
         dist = copy_run(d)
@@ -276,6 +297,9 @@ CASE_NAMES = [
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
     "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
+    "train_resume_changed_reward", "train_resume_changed_lr", "train_allow_changed_unknown",
+    "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",
+    "train_model_key_contradicts_checkpoint",
     "train_resume_sharded_optimizer_state",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
     "train_latest_names_missing_step",

@@ -164,3 +164,17 @@ def test_a_rank_that_fails_ends_the_whole_job_with_its_error(tmp_path):
     assert "reward server unreachable (simulated, rank 1)" in done.stderr
     # A hang would last the 30-minute collective timeout; 240 s leaves room for a slow, busy machine
     assert time.monotonic() - begin < 240, "the job hung after one rank failed"
+
+
+def test_a_changed_lr_is_refused_on_resume_unless_accepted_and_then_it_applies(tmp_path):
+    """A requeue with another optimizer.lr: refused in one line naming the key (the saved scheduler
+    would have replaced it without a word); with run.allow_changed=[optimizer.lr] the new lr trains."""
+    out = tmp_path / "run"
+    const = ["optimizer.warmup_steps=0", "optimizer.decay_style=constant"]
+    train(out, *const, "train.steps=4")
+    refused = train(out, *const, "train.steps=6", "optimizer.lr=1e-3", check=False)
+    assert refused.returncode == 2 and "optimizer.lr: 0.00025 -> 0.001 changed since the run started" in refused.stderr
+    done = train(out, *const, "train.steps=6", "optimizer.lr=1e-3", "run.allow_changed=[optimizer.lr]")
+    assert "resuming with changes accepted by run.allow_changed: optimizer.lr: 0.00025 -> 0.001" in done.stdout
+    lrs = {r["step"]: r["lr"] for r in rows(out) if not r.get("eval")}
+    assert [lrs[s] for s in range(1, 7)] == [0.00025] * 4 + [1e-3] * 2
