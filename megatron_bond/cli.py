@@ -20,7 +20,11 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 
 def _config(args: argparse.Namespace) -> int:
+    from megatron_bond.config.validate import check_rollout_fits
+
     cfg = load_config(*_recipe_and_overrides(args))
+    if not cfg.policy.ckpt:  # with a checkpoint, its context decides (checked when a run resolves it)
+        check_rollout_fits(cfg)
     if args.get is None:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -70,13 +74,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def parallel_from(args: argparse.Namespace):
-    from megatron_bond.config import ParallelConfig
-
-    return ParallelConfig(tp=args.tp, pp=args.pp, first_stage_layers=args.first_stage_layers,
-                          last_stage_layers=args.last_stage_layers)
-
-
 def _check_io(args: argparse.Namespace) -> None:
     """Before any model loads: the input exists, the output can be written, sizes are positive."""
     from pathlib import Path
@@ -95,7 +92,8 @@ def _check_io(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from megatron_bond.scoring import score
+    from megatron_bond.commands import parallel_from
+    from megatron_bond.commands.score import score
 
     _check_io(args)
     n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size)
@@ -105,7 +103,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from megatron_bond.rollout.cli_io import generate_file
+    from megatron_bond.commands.generate import generate_file
 
     _check_io(args)
     if args.max_new_tokens < 1:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
 from megatron_bond.phases import PHASES
-from megatron_bond.train.weights import samples_per_prompt
+from megatron_bond.bond.algorithms import algorithm_for
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -181,10 +181,10 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     reward_layers = p.beside_policy(reward.num_layers, m.num_layers).stage_layers(reward.num_layers) if reward else None
     w = DTYPE_BYTES[m.params_dtype]
     seq = _seq(cfg)
-    n_policy, n_anchor = samples_per_prompt(cfg.bond)
-    rollout_batch = cfg.rollout.batch_size * max(n_policy, n_anchor)
+    algo = algorithm_for(cfg.bond)
+    rollout_batch = cfg.rollout.batch_size * max(algo.policy_samples, algo.anchor_samples)
     eval_batch = cfg.rollout.batch_size * cfg.train.eval_ref_samples  # π_ref's k samples per held-out prompt
-    microbatches = 2 * cfg.train.global_batch_size // dp // p.micro_batch_size
+    microbatches = algo.trained_per_prompt * cfg.train.global_batch_size // dp // p.micro_batch_size
     vocab = m.padded_vocab_size()
 
     def next_token_logits(batch: int) -> float:  # the last position's, gathered, and this rank's shard

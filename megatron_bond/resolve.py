@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config import Config, ConfigError, ModelConfig
+from megatron_bond.config.validate import check_rollout_fits
 
 RUN_CHOICES = ("transformer_impl", "max_seq_length")  # how to run the checkpoint, not what it is
 FROM_ELSEWHERE = ("params_dtype",)  # the training dtype is policy.dtype's, not the checkpoint's storage dtype
@@ -60,10 +62,12 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) 
     if model.reward_head:
         raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
     bond = cfg.bond
-    if bond.anchor == "auto":
-        bond = dataclasses.replace(bond, anchor="fixed" if bond.algorithm == "reinforce" else "ema")
+    if bond.anchor == "auto":  # the algorithm's first anchor mode
+        bond = dataclasses.replace(bond, anchor=ALGORITHMS[bond.algorithm].anchor_modes[0])
     model = dataclasses.replace(model, params_dtype=training_dtype(cfg, on_gpu))
-    return dataclasses.replace(cfg, model=model, bond=bond).validate()
+    resolved = dataclasses.replace(cfg, model=model, bond=bond).validate()
+    check_rollout_fits(resolved)
+    return resolved
 
 
 def uses_distributed_optimizer(cfg: Config) -> bool:

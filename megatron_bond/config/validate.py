@@ -3,6 +3,7 @@ ranges of ranges.py; and what the world size decides (the batch split)."""
 
 from __future__ import annotations
 
+from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config.errors import ConfigError
 from megatron_bond.config.ranges import check_ranges
 
@@ -69,8 +70,9 @@ def validate(cfg) -> None:
     _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
              "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
     b = cfg.bond
-    _require(b.algorithm != "reinforce" or b.anchor in ("auto", "fixed"), "bond.anchor",
-             "reinforce keeps its anchor fixed at π_ref: leave bond.anchor unset (or fixed)")
+    modes = ALGORITHMS[b.algorithm].anchor_modes
+    _require(b.anchor == "auto" or b.anchor in modes, "bond.anchor",
+             f"{b.algorithm} takes bond.anchor in {list(modes)} (or auto: {modes[0]})")
     _require(cfg.reward.ckpt is None or cfg.reward.function is None, "reward",
              "give reward.ckpt or reward.function, not both")
     _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",
@@ -78,10 +80,16 @@ def validate(cfg) -> None:
     t, r, o = cfg.train, cfg.rollout, cfg.optimizer
     _require(o.min_lr <= o.lr, "optimizer.min_lr", f"must be <= optimizer.lr ({o.lr})")
     _require(m.pad_token_id < m.vocab_size, "model.pad_token_id", f"must be below model.vocab_size ({m.vocab_size})")
-    _require(r.max_new_tokens < m.max_seq_length, "rollout.max_new_tokens",
-             f"{r.max_new_tokens} leaves no room for a prompt in model.max_seq_length ({m.max_seq_length})")
     _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
              "the leave-one-out baseline needs at least 2 prompts per step")
+
+
+def check_rollout_fits(cfg) -> None:
+    """A training run's responses leave room for a prompt in the model's context (cfg.model is the
+    architecture that trains: the checkpoint's once resolved)."""
+    m, r = cfg.model, cfg.rollout
+    _require(r.max_new_tokens < m.max_seq_length, "rollout.max_new_tokens",
+             f"{r.max_new_tokens} leaves no room for a prompt in model.max_seq_length ({m.max_seq_length})")
 
 
 def check_batch_split(cfg, dp: int) -> None:
@@ -91,10 +99,11 @@ def check_batch_split(cfg, dp: int) -> None:
     if t.global_batch_size % dp:
         raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by the "
                           f"data-parallel size {dp} (world {dp * p.tp * p.pp} / tp·pp {p.tp * p.pp})")
-    sequences = 2 * t.global_batch_size // dp  # two training sequences per prompt
+    per_prompt = ALGORITHMS[cfg.bond.algorithm].trained_per_prompt
+    sequences = per_prompt * t.global_batch_size // dp
     if sequences % p.micro_batch_size:
         raise ConfigError(f"parallel.micro_batch_size ({p.micro_batch_size}) must divide the {sequences} "
-                          f"training sequences per data-parallel rank (2 per prompt)")
+                          f"training sequences per data-parallel rank ({per_prompt} per prompt)")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

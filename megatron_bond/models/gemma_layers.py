@@ -18,10 +18,10 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
-from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+from megatron_bond.runtime.megatron_compat import RotatedCacheSelfAttention
 
 
 class GemmaRMSNorm(torch.nn.Module):
@@ -106,7 +106,7 @@ def _causal_mask(sq: int, sk: int, window: int | None, device: torch.device) -> 
     return masked.view(1, 1, sq, sk)
 
 
-class GemmaSelfAttention(SelfAttention):
+class GemmaSelfAttention(RotatedCacheSelfAttention):
     def __init__(self, config, submodules, layer_number: int, *args, **kwargs):
         super().__init__(config, submodules, layer_number, *args, **kwargs)
         local_theta = config.rope_local_theta
@@ -121,25 +121,6 @@ class GemmaSelfAttention(SelfAttention):
             rotary_pos_emb = self.local_rope(rotary_pos_emb.shape[0])
         return super().forward(hidden_states, *args, rotary_pos_emb=rotary_pos_emb, **kwargs)
 
-    def _adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb,
-                                        *args, **kwargs):
-        """With a static KV cache, rotate the new queries and keys here, in one call, and cache the
-        keys rotated; forward() then rotates nothing (Megatron's own contract when this returns no
-        rotary embedding). Megatron's static path caches unrotated keys and rotates the whole cache
-        again at every decode step."""
-        if (inference_context is None or not inference_context.is_static_batching()
-                or rotary_pos_emb is None or self.config.flash_decode):
-            return super()._adjust_key_value_for_inference(
-                inference_context, query, key, value, rotary_pos_emb, *args, **kwargs)
-        # Self-attention: queries and keys share positions, so one embedding rotates both.
-        pos_emb = rotary_pos_emb[0] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb
-        new = slice(inference_context.sequence_len_offset, inference_context.sequence_len_offset + key.size(0))
-        rotated = apply_rotary_pos_emb(torch.cat([query, key], dim=2), pos_emb[new],
-                                       config=self.config, cp_group=self.pg_collection.cp)
-        query, key = rotated.split([query.size(2), key.size(2)], dim=2)
-        query, key, value, _, mask_type, block_table = super()._adjust_key_value_for_inference(
-            inference_context, query, key, value, None, *args, **kwargs)
-        return query, key, value, None, mask_type, block_table
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,15 +7,15 @@ import contextlib
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_bond.config import Config
 from megatron_bond.models.spec import decoder_spec, transformer_config
 from megatron_bond.ops import HeadSpec
+from megatron_bond.runtime.megatron_compat import PostprocessHookGPTModel
 
-class BondGPTModel(GPTModel):
+class BondGPTModel(PostprocessHookGPTModel):
     """GPTModel whose last stage can give its final hidden states to a log-prob head
     (``forward(..., head=h)``) instead of materialising [tokens, vocab] logits.
 
@@ -56,9 +56,9 @@ class BondGPTModel(GPTModel):
         finally:
             self._head = None
 
-    def _postprocess(self, hidden_states, *args, **kwargs):
+    def postprocess(self, hidden_states, default, kwargs):
         if not self.post_process:
-            return super()._postprocess(hidden_states, *args, **kwargs)
+            return default()
         if self.reward_head is not None:
             if self.config.sequence_parallel:  # the replicated head's gradient is whole on every rank: split it
                 hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
@@ -68,7 +68,7 @@ class BondGPTModel(GPTModel):
         if self._head is None:
             if self.final_logit_softcap and kwargs.get("labels") is not None:
                 raise NotImplementedError("a softcapped model computes its loss through the fused heads")
-            logits = super()._postprocess(hidden_states, *args, **kwargs)
+            logits = default()
             cap = self.final_logit_softcap
             return torch.tanh_(logits / cap) * cap if cap else logits  # one temporary [b, s, V], not two
         if self.config.sequence_parallel:
@@ -85,7 +85,7 @@ def without_sequence_parallel(chunks):
     """Generation and scoring run without sequence parallelism, as megatron-core's inference does (a
     decode step's single position cannot be split over TP ranks): its own switch turns it off on the
     model's modules and config, and back on for training."""
-    models = [c.module if hasattr(c, "module") else c for c in chunks]
+    models = [unwrap(c) for c in chunks]
     if not models[0].config.sequence_parallel:
         yield
         return
@@ -98,6 +98,11 @@ def without_sequence_parallel(chunks):
     finally:
         for model in models:
             set_model_to_sequence_parallel(model, True)
+
+
+def unwrap(chunk):
+    """The model inside megatron-core's DDP wrapper (or the model itself)."""
+    return chunk.module if hasattr(chunk, "module") else chunk
 
 
 def _scale_by_sqrt_hidden(module, inputs, output):

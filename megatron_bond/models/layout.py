@@ -18,16 +18,13 @@ import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories, is_main_replica
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 
+from megatron_bond.models.gpt import unwrap
 from megatron_bond.models.keys import canonical
-
-
-def _unwrap(chunk):
-    return chunk.module if hasattr(chunk, "module") else chunk
 
 
 def sharded_tensors(chunks) -> Iterator[ShardedTensor]:
     for chunk in chunks:
-        sd = canonical(_unwrap(chunk).sharded_state_dict())
+        sd = canonical(unwrap(chunk).sharded_state_dict())
         apply_factories(sd)
         for value in nested_values(sd):
             if isinstance(value, ShardedTensor) and value.data is not None and value.data.is_floating_point():

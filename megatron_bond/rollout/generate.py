@@ -20,6 +20,8 @@ from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import check_token_ids
 from megatron_bond.models.heads import LastTokenLogitsHead
 from megatron_bond.rollout.sampling import SamplingParams, sample
+from megatron_bond.runtime.batch import right_pad
+from megatron_bond.runtime.megatron_compat import advance_static_context
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
 
@@ -57,9 +59,7 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
     plen = torch.tensor([len(p) for p in prompts], device=device)
     total = int(plen.max()) + max_new_tokens
     check_context(int(plen.max()), max_new_tokens, cfg.model.max_seq_length, "prompt")
-    buf = torch.full((b, total), cfg.model.pad_token_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        buf[i, : len(p)] = torch.tensor(p, device=device)
+    buf = right_pad(prompts, total, cfg.model.pad_token_id, device)
     logp_buf = torch.zeros(b, total, device=device)
     stops = torch.tensor(sorted(stop_ids) or [-1], device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -76,7 +76,7 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
                                 runtime_gather_output=True, head=head),
             end - start, b,
         )
-        context.sequence_len_offset += end - start
+        advance_static_context(context, end - start)
         return None if out is None else out[:, : cfg.model.vocab_size]
 
     for chunk in chunks:

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 from megatron_bond.bond import ema_update_
+from megatron_bond.models.gpt import unwrap
+from megatron_bond.runtime.megatron_compat import flatten, optimizer_masters, unflatten
 
 
 @dataclass
@@ -40,41 +42,16 @@ class _Slot:
         return self.param if self.span is None else self.param.view(-1)[self.span]
 
 
-def _unwrap(chunk):
-    return chunk.module if hasattr(chunk, "module") else chunk
-
-
-def _masters(optimizer) -> list[tuple[Tensor, Tensor, slice | None]]:
-    """(model parameter, its fp32 master, the slice of the flattened parameter the master covers or
-    None for all of it), for every parameter this rank's optimizer updates."""
-    out = []
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if hasattr(opt, "shard_fp32_from_float16_groups"):  # DistributedOptimizer: shards of the masters
-            pairs = [*zip(opt.model_float16_groups, opt.shard_fp32_from_float16_groups),
-                     *zip(opt.model_fp32_groups, opt.shard_fp32_groups)]
-            for model_group, shard_group in pairs:
-                for param, shard in zip(model_group, shard_group):
-                    span = opt._get_model_param_range_map(param)["param"]
-                    out.append((param, shard, slice(span.start, span.end)))
-        elif hasattr(opt, "fp32_from_float16_groups"):  # Float16OptimizerWithFloat16Params
-            for model_group, master_group in zip(opt.float16_groups, opt.fp32_from_float16_groups):
-                out += [(param, master, None) for param, master in zip(model_group, master_group)]
-            out += [(param, param, None) for group in opt.fp32_from_fp32_groups for param in group]
-        else:  # FP32Optimizer: the parameters are their own masters
-            out += [(param, param, None) for group in opt.optimizer.param_groups for param in group["params"]]
-    return out
-
-
 class Anchor:
     """The anchor model's chunks (same layout as the policy, no gradients) and their fp32 shadow."""
 
     def __init__(self, chunks: list, policy_chunks: list, optimizer, dp_group=None):
         self.chunks = chunks
-        names = {id(p): (i, n) for i, c in enumerate(policy_chunks) for n, p in _unwrap(c).named_parameters()}
+        names = {id(p): (i, n) for i, c in enumerate(policy_chunks) for n, p in unwrap(c).named_parameters()}
         anchor_params = [dict(c.named_parameters()) for c in chunks]
         self.slots: list[_Slot] = []
         self.sharded = False
-        for param, master, span in _masters(optimizer):
+        for param, master, span in optimizer_masters(optimizer):
             i, name = names[id(param)]
             self.sharded |= span is not None
             self.slots.append(_Slot(master, master.detach().clone().float(), anchor_params[i][name].data, span))
@@ -94,6 +71,14 @@ class Anchor:
         ema_update_([s.shadow for s in self.slots], [s.master for s in self.slots], eta)
         self.refresh()
 
+    def follow_(self, bond, step: int) -> None:
+        """After an applied update, as ``bond.anchor`` says: EMA at rate ``bond.eta`` (J-BOND), the
+        policy every ``bond.swap_every`` steps (iterative BOND), or nothing (fixed at π_ref)."""
+        if bond.anchor == "ema":
+            self.ema_(bond.eta)
+        elif bond.anchor == "swap" and step % bond.swap_every == 0:
+            self.copy_policy_()
+
     @torch.no_grad()
     def copy_policy_(self) -> None:
         """Replace the anchor by the policy (iterative BOND's swap)."""
@@ -111,9 +96,9 @@ class Anchor:
             s.target.copy_(s.shadow.view_as(s.target))
         if self.sharded:
             params = [p.data for c in self.chunks for p in c.parameters()]
-            flat = torch._utils._flatten_dense_tensors(params)
+            flat = flatten(params)
             torch.distributed.all_reduce(flat, group=self.dp_group)  # x + 0 is exact in any dtype
-            for p, value in zip(params, torch._utils._unflatten_dense_tensors(flat, params)):
+            for p, value in zip(params, unflatten(flat, params)):
                 p.copy_(value)
 
     def full_shadows(self) -> list[tuple[Tensor, Tensor]]:
@@ -126,9 +111,9 @@ class Anchor:
         for s in self.slots:
             full[s.param.data_ptr()].view(-1)[s.span] = s.shadow
         tensors = [full[p.data_ptr()] for p in params]
-        flat = torch._utils._flatten_dense_tensors(tensors)
+        flat = flatten(tensors)
         torch.distributed.all_reduce(flat, group=self.dp_group)
-        return list(zip(params, torch._utils._unflatten_dense_tensors(flat, tensors)))
+        return list(zip(params, unflatten(flat, tensors)))
 
     @torch.no_grad()
     def load_full_shadows(self, pairs: list[tuple[Tensor, Tensor]]) -> None:

@@ -18,7 +18,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_bond.bond import bon_kl_upper_bound
-from megatron_bond.runtime.data_parallel import dp_share
+from megatron_bond.runtime.batch import dp_share
 from megatron_bond.train.samples import response_logprobs, sample_responses
 from megatron_bond.train.setup import Trainer
 

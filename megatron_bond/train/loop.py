@@ -54,10 +54,7 @@ def _announce(t: Trainer, resume_from: Path | None, start: int) -> None:
         return
     if resume_from is not None:
         print(f"resuming from {resume_from} at step {start}", flush=True)
-    b = cfg.bond
-    algo = {"jbond": f"J-BOND β={b.beta} γ={b.gamma} η={b.eta}",
-            "bond": f"BOND N={b.n} k={b.k} β={b.beta} anchor={b.anchor}",
-            "reinforce": f"REINFORCE β_RL={b.beta_rl}"}[b.algorithm]
+    algo = t.algorithm.describe()
     print(f"megatron-bond train: world {d.world_size} = tp {d.tp} × pp {d.pp} × dp {d.dp} ({d.backend}), "
           f"{cfg.model.family} {cfg.model.num_layers} layers, {cfg.model.params_dtype}; {algo}; "
           f"{len(t.prompts.train)} training / {len(t.prompts.eval)} held-out prompts "

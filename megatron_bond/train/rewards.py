@@ -19,7 +19,7 @@ import math
 import torch
 
 from megatron_bond.config import Config, ConfigError
-from megatron_bond.scoring import forward_rows
+from megatron_bond.models.forward import forward_rows
 from megatron_bond.train.samples import truncated
 
 

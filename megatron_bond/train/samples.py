@@ -17,7 +17,7 @@ import torch
 from megatron_bond.config import Config
 from megatron_bond.rollout.generate import generate
 from megatron_bond.rollout.sampling import SamplingParams
-from megatron_bond.scoring import forward_rows
+from megatron_bond.models.forward import forward_rows
 
 TRAINING_SAMPLING = SamplingParams(temperature=1.0)
 
@@ -32,6 +32,8 @@ def sample_responses(chunks, cfg: Config, prompts: list[list[int]], n: int, seed
                      first_index: int, stop_ids: tuple[int, ...]) -> list[list[list[int]]]:
     """[prompt][sample] response tokens (the stop token included where one was sampled).
     ``first_index``: the global index of ``prompts[0]`` in the step's batch."""
+    if n == 0:  # an algorithm that samples nothing from these weights
+        return [[] for _ in prompts]
     out: list[list[list[int]]] = []
     size = cfg.rollout.batch_size
     with torch.no_grad():

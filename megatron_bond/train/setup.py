@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_bond.bond.algorithms import Algorithm, algorithm_for
 from megatron_bond.config import Config
 from megatron_bond.models.tokenizer import load_text_side
 from megatron_bond.resolve import uses_distributed_optimizer
@@ -21,6 +22,7 @@ from megatron_bond.train.update import SkippedUpdates
 class Trainer:
     cfg: Config
     dist: DistEnv
+    algorithm: Algorithm  # J-BOND, BOND or REINFORCE (megatron_bond/bond/algorithms.py), chosen once
     policy: list  # megatron-core DDP-wrapped model chunks
     optimizer: object
     scheduler: object
@@ -108,7 +110,7 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     anchor = Anchor(build_model(cfg, initialize=False), policy, optimizer, ps.get_data_parallel_group())
     stop_ids = text.stop_ids(cfg.data.chat_template)
     reward = build_reward(cfg, stop_ids, text.tokenizer)
-    return Trainer(cfg=cfg, dist=dist, policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
+    return Trainer(cfg=cfg, dist=dist, algorithm=algorithm_for(cfg.bond), policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
                    order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
                    skips=SkippedUpdates(cfg.train.max_skipped_steps))

@@ -37,8 +37,10 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
+from megatron_bond.models.gpt import unwrap
 from megatron_bond.models.keys import canonical
 from megatron_bond.resolve import uses_distributed_optimizer
+from megatron_bond.runtime.megatron_compat import prime_adam_state
 from megatron_bond.train.resume import resume_changes, run_inputs
 
 CHECKPOINTS = "checkpoints"
@@ -62,12 +64,8 @@ def _fault(step: int, point: str) -> None:
         os._exit(137)
 
 
-def _unwrap(chunk):
-    return chunk.module if hasattr(chunk, "module") else chunk
-
-
 def _policy_state(t) -> dict:
-    return {f"chunk{i}": canonical(_unwrap(c).sharded_state_dict(prefix="policy.")) for i, c in enumerate(t.policy)}
+    return {f"chunk{i}": canonical(unwrap(c).sharded_state_dict(prefix="policy.")) for i, c in enumerate(t.policy)}
 
 
 def _anchor_state(t, fulls: list) -> dict:
@@ -94,23 +92,6 @@ def _state(t, is_loading: bool, fulls: list) -> dict:
 
 def _optimizer_sharding(cfg: Config) -> str | None:
     return DIST_OPT_SHARDING if uses_distributed_optimizer(cfg) else None
-
-
-def _prime_adam_state(optimizer) -> None:
-    """Zero moments and step 0 for every parameter whose torch Adam state is still empty, for the load
-    to overwrite. Without apex or TE, megatron-core runs torch's AdamW, and its DistributedOptimizer's
-    state_dict() (called to build the load template) needs a step in every state entry, which a fresh
-    optimizer has none of (seen on an H200)."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = opt.optimizer
-        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-            continue  # apex's / TE's fused Adam: megatron-core reads their step another way
-        for group in inner.param_groups:
-            on_device = group.get("capturable") or group.get("fused")
-            for p in group["params"]:
-                if not inner.state[p]:
-                    inner.state[p].update(step=torch.zeros((), device=p.device if on_device else "cpu"),
-                                          exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
 
 
 def _rng_state() -> dict:
@@ -231,13 +212,13 @@ def load_checkpoint(t, ckpt: Path) -> int:
     accepted = check_resumable(ckpt, t.cfg)
     trainer = json.loads((ckpt / "trainer.json").read_text())
     fulls = t.anchor.full_shadows()
-    _prime_adam_state(t.optimizer)
+    prime_adam_state(t.optimizer)
     template = _state(t, True, fulls)
     anchor_keys = {value.data.data_ptr(): key for key, value in template["anchor"].items()}
     state = dist_checkpointing.load(template, str(ckpt / "dist"))
     for i, chunk in enumerate(t.policy):
         prefix = "policy."
-        _unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
+        unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
     t.optimizer.load_state_dict(state["optimizer"])
     if any(change.startswith("optimizer.") for change in accepted):
         _apply_optimizer_settings(t)

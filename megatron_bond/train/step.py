@@ -12,19 +12,14 @@ import time
 import torch
 from megatron.core import parallel_state as ps
 
+from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
-from megatron_bond.runtime.data_parallel import dp_share
+from megatron_bond.runtime.batch import dp_share, gather_dp, right_pad
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
 from megatron_bond.train.samples import response_logprobs, sample_responses, truncated
 from megatron_bond.train.setup import Trainer
 from megatron_bond.train.update import apply_update
-from megatron_bond.train.weights import (
-    GlobalBatch,
-    best_anchor_index,
-    samples_per_prompt,
-    sequence_coefficients,
-    token_weights,
-)
+from megatron_bond.train.weights import token_weights
 
 
 def train_step(t: Trainer, step: int) -> dict:
@@ -33,59 +28,55 @@ def train_step(t: Trainer, step: int) -> dict:
     mine = dp_share(len(batch_ids), dist.dp, dist.dp_rank)  # even: check_batch_split at start
     first, share = mine.start, mine.stop - mine.start
     prompts = [t.prompts.train[i] for i in batch_ids[mine]]
-    n_policy, n_anchor = samples_per_prompt(cfg.bond)
+    algo = t.algorithm
+    n_policy, n_anchor = algo.policy_samples, algo.anchor_samples
     start = time.perf_counter()
 
     # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor.
     y = sample_responses(t.policy, cfg, prompts, n_policy, (cfg.run.seed, step, "policy"), first, t.stop_ids)
-    y_anchor = (sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"),
-                                 first, t.stop_ids) if n_anchor else [[] for _ in prompts])
+    y_anchor = sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"), first,
+                                t.stop_ids)
     rollout_done = time.perf_counter()
 
     # 2. Rewards r(y), r(y'_j).
     flat_prompts = [p for p in prompts for _ in range(n_policy)]
     flat_y = [r for rs in y for r in rs]
     r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
-    r_anchor = (t.reward([p for p in prompts for _ in range(n_anchor)], [r for rs in y_anchor for r in rs])
-                .view(share, n_anchor) if n_anchor else torch.zeros(share, 0, dtype=torch.float64))
+    r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
+                        [r for rs in y_anchor for r in rs]).view(share, n_anchor)
 
     # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's).
     logp = response_logprobs(t.policy, cfg, flat_prompts, flat_y).view(share, n_policy)
     logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
     score_done = time.perf_counter()
 
-    # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share.
-    batch = GlobalBatch(*(_gather_dp(x) for x in (logp, logp_anchor, r_policy, r_anchor)))
-    coef, terms = sequence_coefficients(cfg.bond, batch)
+    # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share
+    #    and the sequences they belong to.
+    batch = GlobalBatch(*(gather_dp(x) for x in (logp, logp_anchor, r_policy, r_anchor)))
+    coef, terms = algo.coefficients(batch)
     coef = coef[first : first + share]
-    if cfg.bond.algorithm == "reinforce":
-        train_y = [rs[j] for rs in y for j in range(2)]
-    else:
-        best = best_anchor_index(cfg.bond, r_anchor).tolist()
-        train_y = [r for rs, rb, b in zip(y, y_anchor, best) for r in (rs[0], rb[b])]
-    train_prompts = [p for p in prompts for _ in range(2)]
+    train_y = [r for rs in algo.trained(y, y_anchor, r_anchor) for r in rs]
+    train_prompts = [p for p in prompts for _ in range(algo.trained_per_prompt)]
 
     # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
     loss, update, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
     t.skips.record(update.applied)
     train_done = time.perf_counter()
 
-    # 6. The anchor follows the policy: EMA in fp32 (J-BOND), or a swap every M steps (iterative BOND);
-    #    not after a skipped update (nothing moved).
-    if update.applied and cfg.bond.anchor == "ema":
-        t.anchor.ema_(cfg.bond.eta)
-    elif update.applied and cfg.bond.anchor == "swap" and step % cfg.bond.swap_every == 0:
-        t.anchor.copy_policy_()
+    # 6. The anchor follows the policy (EMA in fp32, a swap every M steps, or not at all); not after a
+    #    skipped update (nothing moved).
+    if update.applied:
+        t.anchor.follow_(cfg.bond, step)
 
     # 7. Metrics of the global batch.
-    lengths = _gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
-    cut = _gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
+    lengths = gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
+    cut = gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
                                   dtype=torch.float64).view(share, n_policy))
     return {
         "step": step, "loss": loss, "grad_norm": update.grad_norm, "lr": update.lr, "update_ok": update.applied,
         "skipped_steps": t.skips.total,
         "reward/policy": batch.r_policy.mean().item(),
-        "reward/anchor": batch.r_anchor.mean().item() if n_anchor else None,
+        "reward/anchor": batch.r_anchor.mean().item() if batch.r_anchor.numel() else None,
         "kl/anchor": (batch.logp - batch.logp_anchor).mean().item(),
         "length/policy": lengths.mean().item(),
         "rollout/truncated_fraction": cut.mean().item(),
@@ -94,16 +85,6 @@ def train_step(t: Trainer, step: int) -> dict:
         "time/train": train_done - score_done,
         "tokens_per_s": tokens / (train_done - start),
     }
-
-
-def _gather_dp(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a per-rank [share, ...] tensor over data-parallel ranks, in rank order."""
-    if ps.get_data_parallel_world_size() == 1:
-        return x.cpu()  # the global batch lives on the host wherever scoring ran (seen on an H200)
-    x = x.to("cuda" if torch.cuda.is_available() else "cpu")  # NCCL gathers device tensors
-    parts = [torch.empty_like(x) for _ in range(ps.get_data_parallel_world_size())]
-    torch.distributed.all_gather(parts, x, group=ps.get_data_parallel_group())
-    return torch.cat(parts).cpu()
 
 
 def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor):
@@ -116,11 +97,9 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     width = max(len(r) for r in rows)
     if cfg.parallel.sequence_parallel:  # the sequence (width − 1 positions) splits evenly over TP ranks
         width += -(width - 1) % cfg.parallel.tp
-    tokens = torch.full((len(rows), width), cfg.model.pad_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
+    tokens = right_pad(rows, width, cfg.model.pad_token_id, device)
     weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], width - 1)
-    loss = _forward_backward(t, tokens.to(device), weights.to(device))
+    loss = _forward_backward(t, tokens, weights.to(device))
     update = apply_update(t.optimizer, t.scheduler, cfg.optimizer.clip_grad)
     trained = torch.tensor([float(sum(len(r) for r in rows))], device=device)
     torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())

@@ -75,7 +75,7 @@ def _at_layout(tp: int, pp: int, ckpts: list[str], work, stages: dict | None = N
 
 
 def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]], stages: dict | None = None) -> list:
-    from megatron_bond.scoring import score_rows
+    from megatron_bond.commands.score import score_rows
 
     return _at_layout(tp, pp, ckpts, lambda chunks, cfg: score_rows(chunks, cfg, rows, batch_size=3), stages)
 
@@ -86,7 +86,7 @@ def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], 
     """Rollouts of each checkpoint at this layout, plus `score`'s log-probs of the same tokens."""
     from megatron_bond.rollout.generate import generate
     from megatron_bond.rollout.sampling import SamplingParams
-    from megatron_bond.scoring import score_rows
+    from megatron_bond.commands.score import score_rows
 
     def work(chunks, cfg):
         params = SamplingParams(**sampling)

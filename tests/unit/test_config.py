@@ -43,7 +43,6 @@ def test_round_trip_through_dict():
         ("model.hidden_size=0", "model.hidden_size: must be >= 1, got 0"),
         ("model.num_attention_heads=0", "model.num_attention_heads: must be >= 1, got 0"),
         ("optimizer.lr=.nan", "optimizer.lr: must be > 0, got nan"),
-        ("rollout.max_new_tokens=128", "rollout.max_new_tokens: 128 leaves no room for a prompt in model.max_seq_length (128)"),
         ("logging.wandb_mode=on", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean (True)"),
     ],
 )
@@ -106,3 +105,12 @@ def test_every_numeric_key_has_a_range():
             if any(a in (int, float) for a in args):
                 numeric.add(f"{section.name}.{f.name}")
     assert numeric == set(RANGES)
+
+
+def test_responses_must_leave_room_for_a_prompt_in_the_context(capsys):
+    from megatron_bond.resolve import resolve_config
+
+    with pytest.raises(ConfigError, match=r"rollout.max_new_tokens: 128 leaves no room for a prompt in model.max_seq_length \(128\)"):
+        resolve_config(load_config(RECIPE, ["rollout.max_new_tokens=128"]), on_gpu=False)
+    assert main(["config", RECIPE, "rollout.max_new_tokens=200"]) == 2
+    assert "leaves no room for a prompt" in capsys.readouterr().err

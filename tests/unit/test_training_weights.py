@@ -1,5 +1,6 @@
-"""The trainer's per-sequence coefficients are the gradients of the bond/ losses (DESIGN.md §1, written
-out here once more by hand), and the per-token weights put them on response tokens only."""
+"""The algorithms' per-sequence coefficients (megatron_bond/bond/algorithms.py) are the gradients of the
+bond/ losses (DESIGN.md §1, written out here once more by hand), and the per-token weights put them on
+response tokens only."""
 
 import math
 
@@ -7,14 +8,9 @@ import pytest
 import torch
 
 from megatron_bond.bond import log_quantile_reward
+from megatron_bond.bond.algorithms import GlobalBatch, algorithm_for
 from megatron_bond.config import BondConfig
-from megatron_bond.train.weights import (
-    GlobalBatch,
-    best_anchor_index,
-    samples_per_prompt,
-    sequence_coefficients,
-    token_weights,
-)
+from megatron_bond.train.weights import token_weights
 
 F64 = torch.float64
 
@@ -34,7 +30,7 @@ def loo(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("beta,gamma", [(0.5, 0.0), (0.2, 1.5), (1.0, 0.5)])
 def test_jbond_coefficients(beta, gamma):
     b = batch(6, 1, 2)
-    coef, terms = sequence_coefficients(BondConfig(beta=beta, gamma=gamma), b)
+    coef, terms = algorithm_for(BondConfig(beta=beta, gamma=gamma)).coefficients(b)
     kl = b.logp[:, 0] - b.logp_anchor[:, 0]
     r_j = torch.where(b.r_policy[:, 0] < b.r_anchor.min(-1).values, -math.log(16), 0.0)
     returns = r_j - kl
@@ -45,10 +41,10 @@ def test_jbond_coefficients(beta, gamma):
 
 
 def test_bond_coefficients_use_the_tie_aware_reward():
-    cfg = BondConfig(algorithm="bond", n=4, k=6, beta=0.3)
-    assert samples_per_prompt(cfg) == (1, 6)
+    algo = algorithm_for(BondConfig(algorithm="bond", n=4, k=6, beta=0.3))
+    assert (algo.policy_samples, algo.anchor_samples) == (1, 6)
     b = batch(5, 1, 6)
-    coef, _ = sequence_coefficients(cfg, b)
+    coef, _ = algo.coefficients(b)
     log_q = log_quantile_reward(b.r_policy[:, 0], b.r_anchor, 4).double()
     returns = log_q - (b.logp[:, 0] - b.logp_anchor[:, 0])
     torch.testing.assert_close(coef[:, 0], -0.3 * (returns - loo(returns)) / 5)
@@ -56,18 +52,20 @@ def test_bond_coefficients_use_the_tie_aware_reward():
 
 
 def test_reinforce_coefficients():
-    cfg = BondConfig(algorithm="reinforce", anchor="fixed", beta_rl=0.1)
-    assert samples_per_prompt(cfg) == (2, 0)
+    algo = algorithm_for(BondConfig(algorithm="reinforce", anchor="fixed", beta_rl=0.1))
+    assert (algo.policy_samples, algo.anchor_samples) == (2, 0)
     b = batch(3, 2, 0)
-    coef, _ = sequence_coefficients(cfg, b)
+    coef, _ = algo.coefficients(b)
     returns = b.r_policy - 0.1 * (b.logp - b.logp_anchor)
     torch.testing.assert_close(coef, -(returns - returns.flip(-1)) / 6)  # mean over 3 × 2 sequences
 
 
 def test_best_anchor_sample_is_the_first_of_ties_among_the_first_n():
     r = torch.tensor([[1.0, 3.0, 3.0, 9.0], [2.0, 2.0, 0.0, 0.0]])
-    assert best_anchor_index(BondConfig(), r).tolist() == [1, 0]  # J-BOND: best of the first 2
-    assert best_anchor_index(BondConfig(algorithm="bond", n=3), r).tolist() == [1, 0]
+    y, y_anchor = [["y0"], ["y1"]], [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    assert algorithm_for(BondConfig()).trained(y, y_anchor, r) == [["y0", "b"], ["y1", "e"]]  # J-BOND: of the first 2
+    assert algorithm_for(BondConfig(algorithm="bond", n=3)).trained(y, y_anchor, r) == [["y0", "b"], ["y1", "e"]]
+    assert algorithm_for(BondConfig(algorithm="reinforce")).trained([["p", "q"]], [[]], r[:1, :0]) == [["p", "q"]]
 
 
 def test_token_weights_cover_exactly_the_response_labels():

@@ -1,4 +1,6 @@
-"""Spread independent work items over data-parallel replicas and collect the results in order."""
+"""Batches across data-parallel replicas, in one place: each replica's share of a batch (an empty share is
+legal), gathering a per-replica tensor back in rank order, right-padding token rows into one tensor, and
+spreading independent work items over replicas with the results collected in order."""
 
 from __future__ import annotations
 
@@ -32,3 +34,25 @@ def dp_share(n: int, dp: int, replica: int) -> slice:
     base, extra = divmod(n, dp)
     start = replica * base + min(replica, extra)
     return slice(start, start + base + (replica < extra))
+
+
+def gather_dp(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-replica [share, ...] tensor over data-parallel ranks, in rank order, on the host
+    (the equal shares of a training batch; NCCL gathers device tensors)."""
+    from megatron.core import parallel_state as ps
+
+    if ps.get_data_parallel_world_size() == 1:
+        return x.cpu()  # the global batch lives on the host wherever scoring ran (seen on an H200)
+    x = x.to("cuda" if torch.cuda.is_available() else "cpu")
+    parts = [torch.empty_like(x) for _ in range(ps.get_data_parallel_world_size())]
+    torch.distributed.all_gather(parts, x, group=ps.get_data_parallel_group())
+    return torch.cat(parts).cpu()
+
+
+def right_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int, device=None) -> torch.Tensor:
+    """[len(rows), width] token ids, each row from position 0 and ``pad_id`` after it (causal models:
+    padding after a sequence cannot change it)."""
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return tokens if device is None else tokens.to(device)

@@ -1,9 +1,8 @@
 """`megatron-bond score`: per-token log-probs (or rewards) of given token sequences at any TP/PP.
 
-Log-probs go through the fused vocab-parallel head (no [tokens, vocab] logits anywhere); rewards through
-the reward model's scalar head at each sequence's last token. Sequences are right-padded into batches
-(causal attention: padding after a sequence cannot change it), split over data-parallel ranks, and
-written by rank 0 in input order.
+Each batch goes through ``models.forward.forward_rows`` (the fused vocab-parallel head; rewards from the
+reward model's scalar head at each sequence's last token); batches are split over data-parallel ranks,
+and rank 0 writes the rows in input order.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ import torch
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
-from megatron_bond.models.gpt import without_sequence_parallel
-from megatron_bond.models.heads import TokenLogProbHead
-from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
+from megatron_bond.models.forward import forward_rows
 
 
 def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
@@ -35,27 +32,6 @@ def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
     return rows
 
 
-def forward_rows(chunks, cfg: Config, batch: list[list[int]]) -> torch.Tensor:
-    """One forward pass through Megatron's schedule over right-padded rows, on every rank: per-token
-    log-probs log p(t_i | t_<i) [b, width − 1] (fp32, the fused head), or per-position rewards
-    [b, width] for a reward model. Entries past a row's length are padding."""
-    reward = cfg.model.reward_head
-    device = next(chunks[0].parameters()).device
-    width = max(len(r) for r in batch)
-    tokens = torch.full((len(batch), width), cfg.model.pad_token_id, dtype=torch.long)
-    for i, row in enumerate(batch):
-        tokens[i, : len(row)] = torch.tensor(row)
-    tokens = tokens.to(device)
-    inputs = tokens if reward else tokens[:, :-1]
-    seq = inputs.shape[1]
-    positions = torch.arange(seq, device=device).expand(len(batch), seq)
-
-    head = None if reward else TokenLogProbHead(tokens[:, 1:])
-    with without_sequence_parallel(chunks):
-        values = forward_once(chunks, lambda model: model(inputs, positions, None, head=head), seq, len(batch))
-    return broadcast_from_last_stage(None if values is None else values.float(), (len(batch), seq))
-
-
 def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
     """Each row's log-probs (list) or reward (float), on every rank."""
     values = forward_rows(chunks, cfg, batch)
@@ -67,7 +43,7 @@ def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
 def iter_scores(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> Iterator:
     """Every row's log-probs (or reward), in order, on every rank, as computed (rows are spread over
     data-parallel replicas). Every rank must consume it."""
-    from megatron_bond.runtime.data_parallel import map_over_data_parallel
+    from megatron_bond.runtime.batch import map_over_data_parallel
 
     forward = torch.no_grad()(lambda batch: _forward(chunks, cfg, batch))  # per call: a generator would leak it
     return map_over_data_parallel(rows, forward, batch_size)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_bond.commands import parallel_from
 from megatron_bond.config import ConfigError
 from megatron_bond.jsonl import check_token_ids, read_objects, write_jsonl
 from megatron_bond.models.tokenizer import TextSide, load_text_side
@@ -32,12 +33,10 @@ def generate_file(args) -> int:
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
     from megatron_bond.rollout.generate import generate
     from megatron_bond.runtime import destroy_distributed, init_distributed
-    from megatron_bond.runtime.data_parallel import map_over_data_parallel
+    from megatron_bond.runtime.batch import map_over_data_parallel
 
     params = SamplingParams(greedy=args.greedy, temperature=1.0 if args.temperature is None else args.temperature,
                             top_k=args.top_k or 0, top_p=1.0 if args.top_p is None else args.top_p)
-    from megatron_bond.cli import parallel_from
-
     cfg = read_checkpoint_config(args.ckpt, parallel_from(args))
     text = load_text_side(args.ckpt)  # no hf/ files for a model trained from scratch: token ids only
     prompts = read_prompts(args.input, text, cfg.model.vocab_size)
