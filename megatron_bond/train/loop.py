@@ -18,12 +18,12 @@ from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
     CHECKPOINTS,
-    StopSignal,
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from megatron_bond.train.signals import StopSignal
 from megatron_bond.train.step import train_step
 
 POLICY_DIR = "policy"  # the final policy: a model checkpoint that score, generate and the exporter read

@@ -20,21 +20,29 @@ from megatron_bond.train.update import SkippedUpdates
 
 @dataclass
 class Trainer:
+    """Everything a step uses. Saved in checkpoints (train/state.py): the policy's weights, the optimizer
+    and LR scheduler, the anchor's fp32 shadow, the prompt order, the skipped-update counts. Rebuilt from
+    the config at every start: the rest, π_ref (the policy checkpoint's weights, fingerprinted so a resume
+    refuses a changed one) and the cache of π_ref's evaluation rewards (fixed seeds: the same values)."""
+
+    # rebuilt from the config
     cfg: Config
     dist: DistEnv
     algorithm: Algorithm  # J-BOND, BOND or REINFORCE (megatron_bond/bond/algorithms.py), chosen once
+    ref: ReferenceWeights
+    reward: object
+    prompts: Prompts
+    stop_ids: tuple[int, ...]
+    tokenizer: object | None
+    # saved in checkpoints
     policy: list  # megatron-core DDP-wrapped model chunks
     optimizer: object
     scheduler: object
     anchor: Anchor
-    ref: ReferenceWeights
-    reward: object
-    prompts: Prompts
     order: PromptOrder
-    stop_ids: tuple[int, ...]
-    tokenizer: object | None
     skips: SkippedUpdates
-    eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts (fixed seeds)
+    # a cache, recomputed after a resume
+    eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts
 
 
 def _finalize_summed(model, num_tokens, **kwargs):

@@ -20,14 +20,12 @@ The sampler needs no state here: its seeds derive from (run seed, step, prompt i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import random
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,9 @@ from megatron_bond.models.gpt import unwrap
 from megatron_bond.models.keys import canonical
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime.megatron_compat import prime_adam_state
+from megatron_bond.train.faults import fault_point
 from megatron_bond.train.resume import resume_changes, run_inputs
+from megatron_bond.train.signals import StopSignal
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -50,20 +50,6 @@ LATEST = "latest"
 # (check_resumable says so before anything loads). Its default, fully_sharded_model_space, is refused
 # by megatron-core 0.16's own checkpointing (flattened ranges; seen on an H200).
 DIST_OPT_SHARDING = "dp_reshardable"
-FAULT_ENV = "MEGATRON_BOND_FAULT"  # tests: "<step>:<point>" makes rank 0 die there (os._exit), see _fault
-
-
-def _fault(step: int, point: str) -> None:
-    """Fault injection for the crash-consistency tests: die like kill -9 of the job (this process and
-    the checkpoint writers it started) at a named point of one save."""
-    if os.environ.get(FAULT_ENV) == f"{step}:{point}" and torch.distributed.get_rank() == 0:
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-        os._exit(137)
-
-
 def _policy_state(t) -> dict:
     return {f"chunk{i}": canonical(unwrap(c).sharded_state_dict(prefix="policy.")) for i, c in enumerate(t.policy)}
 
@@ -135,7 +121,7 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
     with StopSignal.deferred():  # the writer processes this starts must not die of Slurm's signals
         dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"))
     torch.save(_rng_state(), tmp / "rng" / _rng_file(t.dist))
-    _fault(step, "after_tensors")
+    fault_point(step, "after_tensors")
     if t.dist.rank == 0:
         trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
                    "inputs": run_inputs(t.cfg),
@@ -146,15 +132,15 @@ def save_checkpoint(t, step: int, out_dir: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(t.cfg.to_dict(), indent=2))
     torch.distributed.barrier()  # every rank's files are complete
     if t.dist.rank == 0:
-        _fault(step, "before_rename")
+        fault_point(step, "before_rename")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        _fault(step, "before_latest")
+        fault_point(step, "before_latest")
         pointer = root / f".{LATEST}.tmp"
         pointer.write_text(name)
         os.replace(pointer, root / LATEST)
-        _fault(step, "after_latest")
+        fault_point(step, "after_latest")
         kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
         for old in kept[: -t.cfg.checkpoint.keep_last]:
             shutil.rmtree(old)
@@ -238,40 +224,3 @@ def load_checkpoint(t, ckpt: Path) -> int:
         print(f"resuming at another layout than saved ({trainer['layout']}): RNG streams start from run.seed "
               "(rollout seeds derive from the step and do not change)", flush=True)
     return trainer["step"]
-
-
-class StopSignal:
-    """SIGTERM and SIGUSR1 (Slurm's warning before preemption or the time limit, `scancel --signal=USR1`)
-    only set a flag; at the end of each step every rank joins one all-reduce (MAX), so all ranks agree
-    to checkpoint and stop even when only one of them received the signal."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    @classmethod
-    @contextlib.contextmanager
-    def deferred(cls):
-        """Block the stop signals for the duration: Slurm signals every process of a job step, and the
-        helper processes started here (dist_checkpointing's writers) inherit the blocked mask across fork
-        and exec, so they never act on them; this process gets them, pending, when the block ends."""
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, cls.SIGNALS)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-    def _handle(self, signum, _frame):
-        self.received = signum
-
-    def agreed(self) -> bool:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        flag = torch.tensor([0 if self.received is None else 1], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)

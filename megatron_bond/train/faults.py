@@ -1,0 +1,20 @@
+"""Fault injection for the crash-consistency tests of checkpoints (tests/integration/test_resume.py)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FAULT_ENV = "MEGATRON_BOND_FAULT"  # tests: "<step>:<point>" makes rank 0 die there (os._exit), see fault_point
+
+
+def fault_point(step: int, point: str) -> None:
+    """Fault injection for the crash-consistency tests: die like kill -9 of the job (this process and
+    the checkpoint writers it started) at a named point of one save."""
+    if os.environ.get(FAULT_ENV) == f"{step}:{point}" and torch.distributed.get_rank() == 0:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+        os._exit(137)
