@@ -9,27 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_bond.config.algorithm import BondConfig, OptimizerConfig
+from megatron_bond.config import schema
 from megatron_bond.config.errors import ConfigError
-from megatron_bond.config.model import ModelConfig, ParallelConfig
 from megatron_bond.config.parse import apply_overrides, read_recipe
-from megatron_bond.config.run import (
-    CheckpointConfig,
-    DataConfig,
-    LoggingConfig,
-    PolicyConfig,
-    RewardConfig,
-    RolloutConfig,
-    RunConfig,
-    TrainConfig,
-)
-from megatron_bond.config.schema import Config
+from megatron_bond.config.schema import *  # noqa: F403  (Config and its section classes)
 
-__all__ = [
-    "BondConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "LoggingConfig", "ModelConfig",
-    "OptimizerConfig", "ParallelConfig", "PolicyConfig", "RewardConfig", "RolloutConfig", "RunConfig", "TrainConfig",
-    "apply_overrides", "load_config",
-]
+__all__ = [*schema.__all__, "ConfigError", "apply_overrides", "load_config"]
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -22,6 +22,9 @@ from megatron_bond.config.run import (
 )
 from megatron_bond.config.validate import check_batch_split, validate
 
+__all__ = ["BondConfig", "CheckpointConfig", "Config", "DataConfig", "LoggingConfig", "ModelConfig", "OptimizerConfig",
+           "ParallelConfig", "PolicyConfig", "RewardConfig", "RolloutConfig", "RunConfig", "TrainConfig"]
+
 
 @dataclass
 class Config:
