@@ -218,14 +218,14 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
             "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
                       inflight * acts,
                       "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
-                      "anchor refresh: flat copy of the anchor": w * n if dist_opt and dp > 1 else 0},
+                      "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
                      "next-token logits (gathered vocabulary)": next_token_logits(eval_batch) if last else 0},
             # Under the distributed optimizer the anchor's shards are assembled into whole fp32 tensors and
             # flattened for the all-reduce: two fp32 copies. dist_checkpointing loads into the template's
             # tensors in place; the distributed optimizer's state template is counted as fresh buffers.
-            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt and dp > 1 else 0},
-            "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * n if dist_opt and dp > 1 else 0,
+            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt else 0},
+            "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * n if dist_opt else 0,
                                 "distributed optimizer: state template": 12 * n / shard if dist_opt else 0},
         }
         where = f", stage {s} of {pp}" if pp > 1 else ""

@@ -3,9 +3,10 @@
 A checkpoint records the resolved config and a fingerprint of the checkpoints it read (policy, reward).
 On resume, a change of what the numbers depend on is refused in one line naming the key: the reward
 source, the policy checkpoint (path or fingerprint), ``bond.*``, ``data.*``, ``rollout.*``, the model,
-``optimizer.*``, ``run.seed``, ``train.global_batch_size``, ``policy.dtype``. The layout, ``train.steps``,
-evaluation, checkpoint and logging settings may change. ``run.allow_changed=[key or section, ...]``
-accepts listed changes: they take effect (a new optimizer.lr applies) and rank 0 says so.
+``optimizer.*``, ``run.seed``, ``train.global_batch_size``, ``policy.dtype``, and ``train.steps`` under a
+decaying LR schedule. The layout, ``train.steps`` (constant LR), evaluation, checkpoint and logging
+settings may change. ``run.allow_changed=[key or section, ...]`` accepts listed changes (except those in
+NEVER): they take effect (a new optimizer.lr applies) and rank 0 says so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from megatron_bond.config import Config, ConfigError
 
 MAY_CHANGE = ("parallel.", "checkpoint.", "logging.", "run.name", "run.output_dir", "run.allow_changed",
               "train.steps", "train.eval_every", "train.eval_ref_samples", "train.max_skipped_steps",
-              "model.transformer_impl")
+              "model.transformer_impl", "optimizer.distributed")  # (the optimizer state's sharding: state.py)
+# Changes no acceptance can make work: the saved prompt order and data position belong to this prompt set
+# and seed (the prompt filter depends on max_new_tokens), and the saved tensors to this model.
+NEVER = ("run.seed", "data.", "rollout.max_new_tokens", "model.")
 INPUTS = ("policy.ckpt", "reward.ckpt")
 
 
@@ -59,7 +63,8 @@ def _accepted(key: str, allowed: list[str]) -> bool:
 def resume_changes(ckpt: Path, cfg: Config) -> list[str]:
     """The changes ``cfg`` makes to the checkpoint's run that run.allow_changed accepts ("key: old -> new");
     any other change of what the numbers depend on is a ConfigError."""
-    saved = _leaves(Config.from_dict(json.loads((ckpt / "config.json").read_text())).to_dict())
+    saved_cfg = Config.from_dict(json.loads((ckpt / "config.json").read_text()))
+    saved = _leaves(saved_cfg.to_dict())
     now = _leaves(cfg.to_dict())
     changes = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k] and not k.startswith(MAY_CHANGE)}
     recorded = json.loads((ckpt / "trainer.json").read_text()).get("inputs")
@@ -68,10 +73,15 @@ def resume_changes(ckpt: Path, cfg: Config) -> list[str]:
         for key in INPUTS:
             if key not in changes and recorded.get(key) != current[key]:
                 changes[key] = (f"fingerprint {recorded.get(key)}", f"fingerprint {current[key]}")
-    refused = [k for k in changes if not _accepted(k, cfg.run.allow_changed)]
+    if saved_cfg.optimizer.decay_style != "constant" and saved_cfg.train.steps != cfg.train.steps:
+        # the LR decays over train.steps: the saved schedule would spend the extra steps at min_lr
+        changes["train.steps"] = (saved_cfg.train.steps, cfg.train.steps)
+    refused = [k for k in changes if not _accepted(k, cfg.run.allow_changed) or k.startswith(NEVER)]
     if refused:
         shown = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused[:3])
         more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        accept = ("" if refused[0].startswith(NEVER)
+                  else f", or accept with run.allow_changed=[{refused[0]}]")
         raise ConfigError(f"cannot resume from {ckpt}: {shown}{more} changed since the run started; use a new "
-                          f"run.output_dir for a different run, or accept with run.allow_changed=[{refused[0]}]")
+                          f"run.output_dir for a different run{accept}")
     return [f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in changes]

@@ -209,7 +209,7 @@ def load_checkpoint(t, ckpt: Path) -> int:
     if any(change.startswith("optimizer.") for change in accepted):
         _apply_optimizer_settings(t)
     t.anchor.load_full_shadows([(p, state["anchor"][anchor_keys[s.data_ptr()]]) for p, s in fulls])
-    if any(change.startswith("optimizer.") for change in accepted):  # the recipe's schedule, not the saved one
+    if any(change.startswith(("optimizer.", "train.steps")) for change in accepted):  # the recipe's schedule
         t.scheduler.override_opt_param_scheduler, t.scheduler.use_checkpoint_opt_param_scheduler = True, False
     t.scheduler.load_state_dict(trainer["scheduler"])
     if accepted and t.dist.rank == 0:
