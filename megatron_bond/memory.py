@@ -262,17 +262,19 @@ def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, 
         if fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, tp=tp)), alloc):
             return f"parallel.tp={tp}"
         tp *= 2
-    for pp in range(par.pp + 1, m.num_layers + 1):
-        even = dataclasses.replace(par, pp=pp, first_stage_layers=None, last_stage_layers=None)
-        # the fewest nodes (from the allocation's) whose GPUs hold tp·pp
-        nodes = next(n for n in range(alloc.nodes, alloc.nodes * par.tp * pp + 1)
-                     if n * alloc.gpus_per_node % (par.tp * pp) == 0)
-        if m.num_layers % pp == 0 and fits(dataclasses.replace(cfg, parallel=even), dataclasses.replace(alloc, nodes=nodes)):
-            return (f"parallel.pp={pp}" + (f" on {nodes} nodes" if nodes != alloc.nodes else "")
-                    + (" (even stages: unset first/last_stage_layers)" if par.first_stage_layers or par.last_stage_layers else ""))
-    for nodes in (2 * alloc.nodes, 4 * alloc.nodes, 8 * alloc.nodes):
-        if fits(cfg, dataclasses.replace(alloc, nodes=nodes)):
-            return f"{nodes} nodes"
+    # More GPUs, fewest first: the same layout on more nodes (more DP shards the optimizer and anchor),
+    # or a larger PP (dividing the layers) on as many nodes as hold it.
+    for nodes in sorted({alloc.nodes * k for k in (1, 2, 4, 8)}):
+        for pp in [par.pp, *(pp for pp in range(par.pp + 1, m.num_layers + 1) if m.num_layers % pp == 0)]:
+            if (nodes, pp) == (alloc.nodes, par.pp) or nodes * alloc.gpus_per_node % (par.tp * pp):
+                continue
+            even = par if pp == par.pp else dataclasses.replace(par, pp=pp, first_stage_layers=None, last_stage_layers=None)
+            if fits(dataclasses.replace(cfg, parallel=even), dataclasses.replace(alloc, nodes=nodes)):
+                where = f" on {nodes} nodes" if nodes != alloc.nodes else ""
+                if pp == par.pp:
+                    return f"{nodes} nodes"
+                return (f"parallel.pp={pp}{where}" + (" (even stages: unset first/last_stage_layers)"
+                                                      if par.first_stage_layers or par.last_stage_layers else ""))
     return None
 
 

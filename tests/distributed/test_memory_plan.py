@@ -60,10 +60,13 @@ def _plan(*args):
 
 def test_a_plan_that_does_not_fit_names_a_change_that_does():
     """Gemma 2 27B on one node at TP=8, PP=1 does not fit (its largest phase, loading a checkpoint, needs
-    ~135 GiB); PP=2 needs 16 GPUs, so the smallest change is PP=2 on a second node, and that plan fits."""
+    ~135 GiB). PP=2 needs 16 GPUs, and on 2 nodes (DP=1: the distributed optimizer shards nothing, the
+    anchor's checkpoint copies are whole) it still needs 86 GiB; the fewest GPUs that fit are PP=2 on 4
+    nodes, the shipped layout, and that plan fits."""
     done = _plan("--nodes", "1", "parallel.pp=1")
-    assert done.returncode == 1 and "does NOT fit; smallest change that fits: parallel.pp=2 on 2 nodes" in done.stdout, done.stdout
-    assert _plan("--nodes", "2", "parallel.pp=2").returncode == 0
+    assert done.returncode == 1 and "does NOT fit; smallest change that fits: parallel.pp=2 on 4 nodes" in done.stdout, done.stdout
+    assert _plan("--nodes", "2", "parallel.pp=2").returncode == 1
+    assert _plan("--nodes", "4", "parallel.pp=2").returncode == 0
 
 
 @pytest.mark.parametrize("args, message", [
