@@ -108,6 +108,22 @@ def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch
     return layers * per_layer + (8 * h * seq * micro_batch if last_stage else 0)
 
 
+def no_grad_layer_bytes(m: ModelConfig, tp: int, seq: int, batch: int) -> int:
+    """The intermediates one layer's forward holds at once without autograd (prefill, scoring), from above:
+    the residual stream in and out (2·h per token), the gated MLP's widest chain (fc1's 2f/t output, the
+    activation and the product, 4f/t) in the model dtype, and per (query, key) pair and local head the fp32
+    scores and their softmax. Measured against live tensor bytes in tests/distributed/test_memory_plan.py."""
+    b = DTYPE_BYTES[m.params_dtype]
+    heads = m.num_attention_heads // tp
+    return batch * seq * b * (2 * m.hidden_size + 4 * m.ffn_hidden_size // tp) + batch * heads * seq * seq * 8
+
+
+def fc1_params(m: ModelConfig, tp: int, layers: int) -> int:
+    """The gated MLP's fc1 (gate and up) on one TP rank of a stage: dist_checkpointing saves it as two
+    halves and merges them into a new tensor on load (megatron-core's swiglu sharded factory)."""
+    return layers * 2 * m.hidden_size * m.ffn_hidden_size // tp
+
+
 def kv_cache_bytes(m: ModelConfig, tp: int, layers: int, batch: int, seq: int) -> int:
     d = m.kv_channels or m.hidden_size // m.num_attention_heads
     groups = max(1, (m.num_query_groups or m.num_attention_heads) // tp)
@@ -184,6 +200,7 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     algo = algorithm_for(cfg.bond)
     rollout_batch = cfg.rollout.batch_size * max(algo.policy_samples, algo.anchor_samples)
     eval_batch = cfg.rollout.batch_size * cfg.train.eval_ref_samples  # π_ref's k samples per held-out prompt
+    prompt = min(cfg.data.max_prompt_tokens, m.max_seq_length - cfg.rollout.max_new_tokens)
     microbatches = algo.trained_per_prompt * cfg.train.global_batch_size // dp // p.micro_batch_size
     vocab = m.padded_vocab_size()
 
@@ -197,6 +214,11 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                 else layers * p.micro_batch_size * seq * m.hidden_size * w
                 + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
         rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
+        # Every model-space tensor a checkpoint holds, in bytes per parameter: policy weights, the anchor's
+        # fp32 shadow and (not under the distributed optimizer, whose state is flat) Adam and the masters.
+        saved_per_param = w + 4 + (0 if dist_opt else 8 + (4 if w != 4 else 0))
+        fc1 = saved_per_param * fc1_params(m, tp, layers)
+        scoring_layer = no_grad_layer_bytes(m, tp, seq, cfg.rollout.score_batch_size)
         resident = {
             "policy weights": w * n,
             "policy gradients (fp32 buffer)": 4 * n,
@@ -208,28 +230,41 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         }
         phases = {
             "rollout": {f"KV cache, {rollout_batch} sequences": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
-                        "next-token logits (gathered vocabulary)": next_token_logits(rollout_batch) if last else 0},
-            "scoring": {"one layer's activations, no grad": activation_bytes(m, tp, 1, seq, cfg.rollout.score_batch_size,
-                                                                           last_stage=last),
-                        "reward model: one layer's activations": activation_bytes(
-                            reward, tp, 1, seq, cfg.reward.batch_size, last_stage=last) if reward else 0,
+                        "next-token logits (gathered vocabulary)": next_token_logits(rollout_batch) if last else 0,
+                        "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch)},
+            "scoring": {"one layer's intermediates, no grad": scoring_layer,
+                        "reward model: one layer's intermediates": no_grad_layer_bytes(
+                            reward, tp, seq, cfg.reward.batch_size) if reward else 0,
                         "fused scoring head (fp32 chunk)":
                             4 * _logit_chunk(m, tp, cfg.rollout.score_batch_size * seq) if last else 0},
             "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
                       inflight * acts,
                       "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
                       "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
+            # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
-                     "next-token logits (gathered vocabulary)": next_token_logits(eval_batch) if last else 0},
+                     "next-token logits (gathered vocabulary)": next_token_logits(eval_batch) if last else 0,
+                     "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, eval_batch)},
             # Under the distributed optimizer the anchor's shards are assembled into whole fp32 tensors and
             # flattened for the all-reduce: two fp32 copies. dist_checkpointing loads into the template's
             # tensors in place; the distributed optimizer's state template is counted as fresh buffers.
-            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt else 0},
+            # On load every fc1 is merged from its two halves into a new tensor, all before any is copied in;
+            # on save the halves are views, which dist_checkpointing clones where they live on the host
+            # (on CPU; a GPU's are copied to the host whole, counted there).
+            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt else 0,
+                                "fc1 halves, cloned (CPU only)": 0 if on_gpu else fc1},
             "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * n if dist_opt else 0,
-                                "distributed optimizer: state template": 12 * n / shard if dist_opt else 0},
+                                "distributed optimizer: state template": 12 * n / shard if dist_opt else 0,
+                                "fc1 merged from its saved halves": fc1},
         }
         where = f", stage {s} of {pp}" if pp > 1 else ""
-        return Plan(resident, phases, {"π_ref weights (host copy)": w * n}, alloc.gpu_memory_gb * GiB,
+        eval_gen = sum(phases["eval"].values())
+        if scoring_layer > eval_gen:
+            phases["eval"] = {"scoring the policy's samples (one layer, no grad)": scoring_layer}
+        host = {"π_ref weights (host copy)": w * n,
+                "checkpoint save: this rank's saved tensors, copied to the host":
+                    ((w + 4) * n + (8 + (4 if w != 4 else 0)) * n / shard) if on_gpu else 0}
+        return Plan(resident, phases, host, alloc.gpu_memory_gb * GiB,
                     f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}", on_gpu)
 
     return max((stage(s) for s in range(pp)), key=lambda pl: pl.total)
@@ -298,7 +333,8 @@ def format_plan(pl: Plan, change: str | None) -> str:
         lines.append(f"  {phase}: {_size(total).strip()}" + ("  <- largest" if phase == pl.peak_phase else ""))
         lines += [f"    + {k:<{width - 2}}{_size(v)}" for k, v in {**pl.phases[phase], **pl.overhead(tensors)}.items() if v]
     for k, v in pl.host.items():
-        lines.append(f"  host: {k}  {_size(v).strip()} per rank")
+        if v:
+            lines.append(f"  host: {k}  {_size(v).strip()} per rank")
     lines.append(f"  largest phase {pl.peak_phase}: {_size(pl.total).strip()} of {_size(pl.usable).strip()} usable "
                  f"({_size(pl.capacity).strip()} less {HEADROOM:.0%} kept free)")
     verdict = "fits" if pl.fits else "does NOT fit"

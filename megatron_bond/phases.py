@@ -1,4 +1,46 @@
 """The phases of a training step, by one name each: the memory planner plans the peak of each, and the
 run's per-phase metrics (timings, CUDA peak memory) use the same names."""
 
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
 PHASES = ("rollout", "scoring", "train", "eval", "checkpoint_save", "checkpoint_load")
+GiB = 2**30
+
+
+class PhaseClock:
+    """Seconds of each phase and, on CUDA, its peak of allocated memory (the allocator's peak is reset at
+    the phase's start, so each phase's figure is its own). Each phase is also a profiler range named
+    ``phase:<name>``, which is how tests measure a phase's live tensor bytes on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.peak_bytes: dict[str, int] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}: one of {PHASES}")
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.profiler.record_function(f"phase:{name}"):
+            yield
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), torch.cuda.max_memory_allocated())
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        """``mem/peak_gib/<phase>`` for the phases since the last call (CUDA only; nothing on CPU), then
+        forget them; a checkpoint's phases show in the next row."""
+        out = {f"mem/peak_gib/{k}": v / GiB for k, v in self.peak_bytes.items()}
+        self.peak_bytes.clear()
+        self.seconds.clear()
+        return out

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio, log_quantile_reward
+from .algorithms import Algorithm, Bond, GlobalBatch
+from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio
 from .losses import (
     backward_kl_loss,
     ema_update_,
@@ -157,20 +158,28 @@ def exact_jeffreys_loss(problem: SequenceProblem, logits: Tensor, target: Tensor
     return jeffreys_loss(forward, backward, beta)
 
 
+def sampled_loss(problem: SequenceProblem, logits: Tensor, algorithm: Algorithm, anchor_logits: Tensor, batch: int,
+                 gen: torch.Generator) -> Tensor:
+    """An algorithm's loss from samples, estimated as train/step.py estimates it, through the same object
+    (bond/algorithms.py): ``batch`` prompts (one here: the problem has a single context), the algorithm's
+    samples from the policy and the anchor, its stop-gradient coefficients on the batch and
+    Σ c_i·log π(y_i) over the sequences it trains."""
+    logp = problem.log_probs(logits)
+    logp_anchor = problem.log_probs(anchor_logits).detach()
+    y = problem.sample(logits, batch * algorithm.policy_samples, gen).view(batch, algorithm.policy_samples)
+    y_anchor = (problem.sample(anchor_logits, batch * algorithm.anchor_samples, gen) if algorithm.anchor_samples
+                else torch.zeros(0, dtype=torch.long)).view(batch, algorithm.anchor_samples)
+    r = problem.rewards.double()
+    coef, _ = algorithm.coefficients(GlobalBatch(logp.detach()[y].double(), logp_anchor[y].double(), r[y], r[y_anchor]))
+    trained = torch.tensor(algorithm.trained(y.tolist(), y_anchor.tolist(), r[y_anchor]))
+    return (coef.to(logp.dtype) * logp[trained]).sum()
+
+
 def sampled_jeffreys_loss(problem: SequenceProblem, logits: Tensor, n: int, k: int, batch: int, beta: float,
                           gen: torch.Generator) -> Tensor:
-    """BOND's Jeffreys loss from samples, as a trainer estimates it: SFT on the best of n samples of
-    π_ref (forward), REINFORCE with the Monte-Carlo log π_BoN/π_ref from k reference samples (backward)."""
-    logp = problem.log_probs(logits)
-    ref_logp = problem.ref_probs().log()
-    anchor = problem.sample(problem.ref_logits, batch * n, gen).view(batch, n)
-    best = anchor.gather(1, problem.rewards[anchor].argmax(1, keepdim=True)).squeeze(1)
-    forward, _ = forward_kl_loss(logp[best])
-    y = problem.sample(logits, batch, gen)
-    refs = problem.sample(problem.ref_logits, batch * k, gen).view(batch, k)
-    log_q = log_quantile_reward(problem.rewards[y], problem.rewards[refs], n).to(logp.dtype)
-    backward, _ = backward_kl_loss(logp[y], ref_logp[y], log_q)
-    return jeffreys_loss(forward, backward, beta)
+    """BOND's Jeffreys loss from samples of π_ref, as the trainer estimates it (``Bond``): SFT on the best of
+    n samples (forward), REINFORCE with the Monte-Carlo log π_BoN/π_ref from k samples (backward)."""
+    return sampled_loss(problem, logits, Bond(n=n, k=k, beta=beta, anchor="fixed"), problem.ref_logits, batch, gen)
 
 
 def exact_backward_kl_loss(problem: SequenceProblem, logits: Tensor, n: int) -> Tensor:

@@ -13,7 +13,8 @@ Patches (upstream call -> CPU twin):
   torch.cuda.{get,set}_rng_state,      -> the CPU default generator (CudaRNGStatesTracker.add/fork,
   torch.cuda.manual_seed                  model_parallel_cuda_manual_seed); torch.manual_seed is left
                                           alone because it calls torch.cuda.manual_seed_all itself
-  tensor_parallel.random._{get,set}_cuda_rng_state -> CPU generator state (tracker.fork)
+  the RNG tracker's CUDA state getter and setter -> CPU generator state (tracker.fork; the private
+                                          names are in megatron_compat.CUDA_RNG_STATE_FUNCTIONS)
   torch.Tensor.cuda()                  -> the tensor itself     (LanguageModule tied embeddings at PP>1,
                                                                 exchange_utils, broadcast_data)
   optimizer.clip_grad_by_total_norm_fp32 -> the same scaling without its CUDA-type assert
@@ -120,9 +121,12 @@ def apply_cpu_shim() -> bool:
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
 
-    random = importlib.import_module("megatron.core.tensor_parallel.random")
-    random._get_cuda_rng_state = _cpu_rng_state
-    random._set_cuda_rng_state = _set_cpu_rng_state
+    from megatron_bond.runtime.megatron_compat import CUDA_RNG_STATE_FUNCTIONS
+
+    module, (getter, setter) = CUDA_RNG_STATE_FUNCTIONS
+    random = importlib.import_module(module)
+    setattr(random, getter, _cpu_rng_state)
+    setattr(random, setter, _set_cpu_rng_state)
 
     optimizer = importlib.import_module("megatron.core.optimizer.optimizer")
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grads_by_total_norm

@@ -14,6 +14,8 @@ was not checked against; its patches are CPU-only and stay there.)
   ``_get_model_param_range_map``.
 - ``prime_adam_state``: torch Adam's per-parameter state entries.
 - ``flatten`` / ``unflatten``: ``torch._utils._(un)flatten_dense_tensors``.
+- ``CUDA_RNG_STATE_FUNCTIONS``: the RNG tracker's private state functions, which runtime/cpu_shim.py
+  replaces on a CUDA-less machine (it patches; this module names).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from megatron.core.transformer.attention import SelfAttention
 from torch import Tensor
 
 VERIFIED_MEGATRON_CORE = ("0.16.1",)
+# (module, (getter, setter)): CudaRNGStatesTracker.fork reads and writes the CUDA generator through these.
+CUDA_RNG_STATE_FUNCTIONS = ("megatron.core.tensor_parallel.random", ("_get_cuda_rng_state", "_set_cuda_rng_state"))
 
 
 def check_version() -> bool:

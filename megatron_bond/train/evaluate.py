@@ -12,7 +12,6 @@ The sampler seeds are fixed (not per step), so successive evaluations compare th
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from megatron.core import parallel_state as ps
@@ -31,8 +30,13 @@ def bon_kl_at_quantile(q: float) -> float:
 
 
 def evaluate(t: Trainer, step: int) -> dict:
+    with t.clock.phase("eval"):
+        row = _evaluate(t, step)
+    return {**row, "time/eval": t.clock.seconds["eval"], **t.clock.take()}
+
+
+def _evaluate(t: Trainer, step: int) -> dict:
     cfg, dist = t.cfg, t.dist
-    start = time.perf_counter()
     mine = dp_share(len(t.prompts.eval), dist.dp, dist.dp_rank)
     first, prompts = mine.start, t.prompts.eval[mine]
     seed = cfg.run.seed
@@ -57,4 +61,4 @@ def evaluate(t: Trainer, step: int) -> dict:
         rows = parts
     q, kl, reward, reward_ref = (sum(col) / len(col) for col in zip(*[r for part in rows for r in part]))
     return {"step": step, "eval": True, "quantile/ref": q, "kl/ref": kl, "kl/bon_at_quantile": bon_kl_at_quantile(q),
-            "reward/policy": reward, "reward/ref": reward_ref, "time/eval": time.perf_counter() - start}
+            "reward/policy": reward, "reward/ref": reward_ref}

@@ -108,7 +108,8 @@ def _train(cfg: Config, out_dir: Path) -> Path:
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
     try:
         t = build_trainer(cfg, dist)
-        start = load_checkpoint(t, resume_from) if resume_from else 0
+        with t.clock.phase("checkpoint_load"):
+            start = load_checkpoint(t, resume_from) if resume_from else 0
         _announce(t, resume_from, start)
         if dist.rank == 0:
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -128,7 +129,8 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                     metrics.log(evaluate(t, step))
                 preempted = stop.agreed()
                 if preempted or _due(step, cfg.checkpoint.every, last):
-                    ckpt = save_checkpoint(t, step, out_dir)
+                    with t.clock.phase("checkpoint_save"):
+                        ckpt = save_checkpoint(t, step, out_dir)
                 if preempted:
                     if dist.rank == 0:
                         (out_dir / PREEMPTED).write_text(f"{step}\n")

@@ -10,6 +10,7 @@ import torch
 from megatron_bond.bond.algorithms import Algorithm, algorithm_for
 from megatron_bond.config import Config
 from megatron_bond.models.tokenizer import load_text_side
+from megatron_bond.phases import PhaseClock
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime import DistEnv
 from megatron_bond.train.anchor import Anchor, ReferenceWeights
@@ -41,6 +42,8 @@ class Trainer:
     anchor: Anchor
     order: PromptOrder
     skips: SkippedUpdates
+    # per-phase seconds and CUDA peaks since the last metrics row
+    clock: PhaseClock
     # a cache, recomputed after a resume
     eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts
 
@@ -121,4 +124,5 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     return Trainer(cfg=cfg, dist=dist, algorithm=algorithm_for(cfg.bond), policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
                    order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
-                   skips=SkippedUpdates(cfg.train.max_skipped_steps))
+                   skips=SkippedUpdates(cfg.train.max_skipped_steps),
+                   clock=PhaseClock(next(policy[0].parameters()).device))

@@ -7,8 +7,6 @@ megatron-core's schedule → anchor update → metrics.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from megatron.core import parallel_state as ps
 
@@ -30,48 +28,49 @@ def train_step(t: Trainer, step: int) -> dict:
     prompts = [t.prompts.train[i] for i in batch_ids[mine]]
     algo = t.algorithm
     n_policy, n_anchor = algo.policy_samples, algo.anchor_samples
-    start = time.perf_counter()
+    clock = t.clock
 
     # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor.
-    y = sample_responses(t.policy, cfg, prompts, n_policy, (cfg.run.seed, step, "policy"), first, t.stop_ids)
-    y_anchor = sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"), first,
-                                t.stop_ids)
-    rollout_done = time.perf_counter()
+    with clock.phase("rollout"):
+        y = sample_responses(t.policy, cfg, prompts, n_policy, (cfg.run.seed, step, "policy"), first, t.stop_ids)
+        y_anchor = sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"), first,
+                                    t.stop_ids)
 
-    # 2. Rewards r(y), r(y'_j).
-    flat_prompts = [p for p in prompts for _ in range(n_policy)]
-    flat_y = [r for rs in y for r in rs]
-    r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
-    r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
-                        [r for rs in y_anchor for r in rs]).view(share, n_anchor)
+    with clock.phase("scoring"):
+        # 2. Rewards r(y), r(y'_j).
+        flat_prompts = [p for p in prompts for _ in range(n_policy)]
+        flat_y = [r for rs in y for r in rs]
+        r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
+        r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
+                            [r for rs in y_anchor for r in rs]).view(share, n_anchor)
 
-    # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's).
-    logp = response_logprobs(t.policy, cfg, flat_prompts, flat_y).view(share, n_policy)
-    logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
-    score_done = time.perf_counter()
+        # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's).
+        logp = response_logprobs(t.policy, cfg, flat_prompts, flat_y).view(share, n_policy)
+        logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
 
-    # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share
-    #    and the sequences they belong to.
-    batch = GlobalBatch(*(gather_dp(x) for x in (logp, logp_anchor, r_policy, r_anchor)))
-    coef, terms = algo.coefficients(batch)
-    coef = coef[first : first + share]
-    train_y = [r for rs in algo.trained(y, y_anchor, r_anchor) for r in rs]
-    train_prompts = [p for p in prompts for _ in range(algo.trained_per_prompt)]
+    with clock.phase("train"):
+        # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share
+        #    and the sequences they belong to.
+        batch = GlobalBatch(*(gather_dp(x) for x in (logp, logp_anchor, r_policy, r_anchor)))
+        coef, terms = algo.coefficients(batch)
+        coef = coef[first : first + share]
+        train_y = [r for rs in algo.trained(y, y_anchor, r_anchor) for r in rs]
+        train_prompts = [p for p in prompts for _ in range(algo.trained_per_prompt)]
 
-    # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
-    loss, update, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
-    t.skips.record(update.applied)
-    train_done = time.perf_counter()
+        # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
+        loss, update, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
+        t.skips.record(update.applied)
 
-    # 6. The anchor follows the policy (EMA in fp32, a swap every M steps, or not at all); not after a
-    #    skipped update (nothing moved).
-    if update.applied:
-        t.anchor.follow_(cfg.bond, step)
+        # 6. The anchor follows the policy (EMA in fp32, a swap every M steps, or not at all); not after a
+        #    skipped update (nothing moved).
+        if update.applied:
+            t.anchor.follow_(cfg.bond, step)
 
     # 7. Metrics of the global batch.
     lengths = gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
     cut = gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
                                   dtype=torch.float64).view(share, n_policy))
+    seconds = {k: clock.seconds[k] for k in ("rollout", "scoring", "train")}
     return {
         "step": step, "loss": loss, "grad_norm": update.grad_norm, "lr": update.lr, "update_ok": update.applied,
         "skipped_steps": t.skips.total,
@@ -81,9 +80,9 @@ def train_step(t: Trainer, step: int) -> dict:
         "length/policy": lengths.mean().item(),
         "rollout/truncated_fraction": cut.mean().item(),
         **{k: v.item() for k, v in terms.items()},
-        "time/rollout": rollout_done - start, "time/score": score_done - rollout_done,
-        "time/train": train_done - score_done,
-        "tokens_per_s": tokens / (train_done - start),
+        "time/rollout": seconds["rollout"], "time/score": seconds["scoring"], "time/train": seconds["train"],
+        "tokens_per_s": tokens / sum(seconds.values()),
+        **clock.take(),
     }
 
 

@@ -74,3 +74,55 @@ def saved_activations(tp: int, seq: int, micro_batch: int) -> dict:
                 "planned": activation_bytes(cfg.model, tp, cfg.model.num_layers, seq, micro_batch)}
     finally:
         destroy_distributed()
+
+
+# Sequences as long as the plan assumes: prompts of up to 9 tokens (BOS + 2..8) and 55 new tokens fill
+# max_seq_length 64; one rollout group per step, so the generate batch is the planned one.
+PHASE_SHAPE = ["model.max_seq_length=64", "data.max_prompt_tokens=9", "rollout.max_new_tokens=55",
+               "rollout.batch_size=4", "rollout.score_batch_size=8"]
+
+
+def phase_peaks(out_dir: str) -> dict:
+    """Each phase's peak of live tensor bytes above its start (the CPU allocator's events in the profiler,
+    inside the trainer's ``phase:<name>`` ranges), against the planner's bytes for the phase."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from megatron_bond.memory import Allocation, plan
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.train.evaluate import evaluate
+    from megatron_bond.train.setup import build_trainer
+    from megatron_bond.train.state import load_checkpoint, save_checkpoint
+    from megatron_bond.train.step import train_step
+
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, *PHASE_SHAPE, f"run.output_dir={out_dir}"]))
+    dist = init_distributed(cfg.parallel, seed=0)
+    try:
+        t = build_trainer(cfg, dist)
+        train_step(t, 1)  # lazily built state (Adam's moments, megatron-core's buffers) exists before we measure
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            train_step(t, 2)
+            evaluate(t, 2)
+            with t.clock.phase("checkpoint_save"):
+                ckpt = save_checkpoint(t, 2, Path(out_dir))
+            with t.clock.phase("checkpoint_load"):
+                load_checkpoint(t, ckpt)
+        events = prof.profiler.kineto_results.events()
+        allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        planned = plan(cfg, Allocation(1, 1, 1024.0), on_gpu=False)
+        out = {}
+        for e in events:
+            if e.name().startswith("phase:"):
+                start, end, level = e.start_ns(), e.end_ns(), 0
+                before = sum(n for ts, n in allocations if ts < start)
+                peak = 0
+                for ts, n in allocations:
+                    if start <= ts <= end:
+                        level += n
+                        peak = max(peak, level)
+                out[e.name()[len("phase:"):]] = {"measured": peak, "planned": sum(planned.phases[e.name()[6:]].values()),
+                                                 "before": before}
+        return out
+    finally:
+        destroy_distributed()
