@@ -25,12 +25,19 @@ class PolicyConfig:
 
 @dataclass
 class RewardConfig:
-    """One reward: a reward-model checkpoint (tools/convert_hf_to_megatron.py, run at the policy's TP/PP)
-    or a Python function "module:function"; neither: the built-in rule of the tiny run."""
+    """One reward: a reward-model checkpoint (tools/convert_hf_to_megatron.py, run at the policy's TP/PP),
+    a Python function "module:function", or a service at ``url`` (train/http_reward.py has the protocol);
+    none: the built-in rule of the tiny run."""
 
     ckpt: Optional[str] = None
     function: Optional[str] = None
-    batch_size: int = 16  # sequences per reward-model forward
+    url: Optional[str] = None  # http:// or https://
+    batch_size: int = 16  # sequences per reward-model forward, or per request to url
+    max_concurrency: int = 4  # requests in flight per model-parallel group (url)
+    timeout_s: float = 60.0  # per request (url)
+    max_retries: int = 5  # on connection errors, timeouts, 429 and 5xx (url)
+    max_wait_s: float = 120.0  # the backoff between retries of one request, in all (url)
+    token_env: Optional[str] = None  # the environment variable holding a bearer token (url)
 
 
 @dataclass

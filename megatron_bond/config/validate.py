@@ -73,8 +73,10 @@ def validate(cfg) -> None:
     modes = ALGORITHMS[b.algorithm].anchor_modes
     _require(b.anchor == "auto" or b.anchor in modes, "bond.anchor",
              f"{b.algorithm} takes bond.anchor in {list(modes)} (or auto: {modes[0]})")
-    _require(cfg.reward.ckpt is None or cfg.reward.function is None, "reward",
-             "give reward.ckpt or reward.function, not both")
+    _require(sum(x is not None for x in (cfg.reward.ckpt, cfg.reward.function, cfg.reward.url)) <= 1, "reward",
+             "give one of reward.ckpt, reward.function and reward.url")
+    _require(cfg.reward.url is None or cfg.reward.url.startswith(("http://", "https://")), "reward.url",
+             f"{cfg.reward.url!r} must start with http:// or https://")
     _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",
              f"{cfg.reward.function!r} must be 'module:function'")
     t, r, o = cfg.train, cfg.rollout, cfg.optimizer

@@ -5,6 +5,7 @@ float64 tensor, identical on every rank of a model-parallel group.
 - Reward model: a checkpoint converted by tools/convert_hf_to_megatron.py (a Gemma
   ForSequenceClassification), loaded at the policy's TP/PP layout; the reward is its scalar head at the
   last token of prompt + response. Its vocabulary must be the policy's.
+- ``reward.url``: a service answering POSTed batches (train/http_reward.py).
 - ``module:function``: ``fn(prompts, responses)`` returning one float per response (for rule-based
   tasks); a function with a ``tokenizer`` parameter also gets the policy checkpoint's SentencePiece
   tokenizer (None without one) to decode text.
@@ -100,6 +101,10 @@ def _reward_source(cfg: Config, tokenizer=None):
     r = cfg.reward
     if r.function:
         return FunctionReward(r.function, tokenizer)
+    if r.url:
+        from megatron_bond.train.http_reward import HttpReward
+
+        return HttpReward(r, tokenizer)
     if r.ckpt:
         from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
 
@@ -113,5 +118,5 @@ def _reward_source(cfg: Config, tokenizer=None):
                               f"{cfg.model.vocab_size}: the reward model must share the policy's tokenizer")
         return ModelReward(load_model_checkpoint(r.ckpt, rcfg), rcfg, r.batch_size)
     if cfg.policy.ckpt:
-        raise ConfigError("reward: a run from a policy checkpoint needs reward.ckpt or reward.function")
+        raise ConfigError("reward: a run from a policy checkpoint needs reward.ckpt, reward.function or reward.url")
     return FunctionReward("megatron_bond.train.rewards:tiny_reward")

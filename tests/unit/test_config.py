@@ -44,6 +44,8 @@ def test_round_trip_through_dict():
         ("model.num_attention_heads=0", "model.num_attention_heads: must be >= 1, got 0"),
         ("optimizer.lr=.nan", "optimizer.lr: must be > 0, got nan"),
         ("logging.wandb_mode=on", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean (True)"),
+        ("reward.url=ftp://host/r", "reward.url: 'ftp://host/r' must start with http:// or https://"),
+        ("reward.timeout_s=0", "reward.timeout_s: must be > 0, got 0"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_key(override, message):
@@ -51,6 +53,11 @@ def test_bad_input_is_one_line_naming_the_key(override, message):
         load_config(RECIPE, [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_one_reward_source():
+    with pytest.raises(ConfigError, match="reward: give one of reward.ckpt, reward.function and reward.url"):
+        load_config(RECIPE, ["reward.url=http://127.0.0.1:1/r", "reward.function=m:f"])
 
 
 def test_missing_recipe():
