@@ -10,6 +10,7 @@ training this one. A key left at the schema's default counts as not given.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config import Config, ConfigError, ModelConfig
@@ -57,6 +58,9 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) 
     if cfg.policy.ckpt:
         model = _model_from_checkpoint(cfg.model, read_checkpoint_config(cfg.policy.ckpt, check=check).model,
                                        cfg.policy.ckpt)
+    if cfg.checkpoint.export_hf and check and not (Path(cfg.policy.ckpt) / "hf" / "config.json").is_file():
+        raise ConfigError(f"checkpoint.export_hf: policy.ckpt {cfg.policy.ckpt} has no hf/config.json to export with "
+                          "(a checkpoint converted by tools/convert_hf_to_megatron.py has one)")
     if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
         read_checkpoint_config(cfg.reward.ckpt, check=check)
     if model.reward_head:

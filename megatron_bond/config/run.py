@@ -79,7 +79,14 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 0  # steps between checkpoints (0: only at the end)
-    keep_last: int = 2
+    keep_last: int = 2  # training checkpoints, and Hugging Face exports
+    export_hf: bool = False  # the policy as a Hugging Face directory beside each checkpoint (RUN_DIR/hf/step-N)
+    keep_best: Optional[str] = None  # also keep the export with the best value of this evaluation metric
+    keep_best_mode: Literal["max", "min"] = "max"
+
+
+# Evaluation metrics checkpoint.keep_best may name (train/evaluate.py's rows carry them).
+EVAL_METRICS = ("quantile/ref", "kl/ref", "reward/policy", "kl/bon_at_quantile")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config.errors import ConfigError
 from megatron_bond.config.ranges import check_ranges
+from megatron_bond.config.run import EVAL_METRICS
 
 
 def validate(cfg) -> None:
@@ -75,6 +76,12 @@ def validate(cfg) -> None:
              f"{b.algorithm} takes bond.anchor in {list(modes)} (or auto: {modes[0]})")
     _require(sum(x is not None for x in (cfg.reward.ckpt, cfg.reward.function, cfg.reward.url)) <= 1, "reward",
              "give one of reward.ckpt, reward.function and reward.url")
+    c = cfg.checkpoint
+    _require(not c.export_hf or cfg.policy.ckpt, "checkpoint.export_hf",
+             "needs policy.ckpt (a converted Hugging Face model: its hf/ files are the export's config and tokenizer)")
+    _require(c.keep_best is None or c.export_hf, "checkpoint.keep_best", "needs checkpoint.export_hf")
+    _require(c.keep_best is None or c.keep_best in EVAL_METRICS, "checkpoint.keep_best",
+             f"{c.keep_best!r} is not an evaluation metric (one of {', '.join(EVAL_METRICS)})")
     _require(cfg.reward.url is None or cfg.reward.url.startswith(("http://", "https://")), "reward.url",
              f"{cfg.reward.url!r} must start with http:// or https://")
     _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",

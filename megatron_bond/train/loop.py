@@ -13,6 +13,7 @@ from megatron_bond.config import Config, ConfigError
 from megatron_bond.errors import RunError
 from megatron_bond.runtime import destroy_distributed, init_distributed
 from megatron_bond.train.evaluate import evaluate
+from megatron_bond.train.hf_export import EXPORTS, HfExports
 from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
 from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
@@ -115,6 +116,9 @@ def _train(cfg: Config, out_dir: Path) -> Path:
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             (out_dir / PREEMPTED).unlink(missing_ok=True)
         metrics = MetricsLog(cfg, out_dir, dist.rank, start_step=start)
+        exports = HfExports(cfg, out_dir, dist.rank) if cfg.checkpoint.export_hf else None
+        if exports is not None and start > 0 and exports.missing(start):  # killed while exporting it
+            exports.start(t, start)
         last = cfg.train.steps
         try:
             if start == 0:
@@ -131,17 +135,27 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                 if preempted or _due(step, cfg.checkpoint.every, last):
                     with t.clock.phase("checkpoint_save"):
                         ckpt = save_checkpoint(t, step, out_dir)
+                    if exports is not None and not preempted:  # a preempted job has seconds, not minutes
+                        exports.start(t, step)
+                if exports is not None:
+                    exports.poll()
                 if preempted:
+                    if exports is not None:
+                        exports.wait()
                     if dist.rank == 0:
                         (out_dir / PREEMPTED).write_text(f"{step}\n")
                         print(f"stopping on a signal: checkpoint {ckpt} at step {step}; starting the same "
                               "command again resumes from it", flush=True)
                     return out_dir
             policy = save_policy(t, out_dir)
+            if exports is not None:
+                exports.wait()
         finally:
             metrics.close()
         if dist.rank == 0:
-            print(f"done: metrics {out_dir / METRICS_FILE}, policy checkpoint {policy}", flush=True)
+            exported = f", Hugging Face exports {out_dir / EXPORTS}" if exports is not None else ""
+            print(f"done: metrics {out_dir / METRICS_FILE}, policy checkpoint {policy}{exported}"
+                  f"{exports.summary() if exports is not None else ''}", flush=True)
         return out_dir
     finally:
         stop.restore()

@@ -46,6 +46,8 @@ def test_round_trip_through_dict():
         ("logging.wandb_mode=on", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean (True)"),
         ("reward.url=ftp://host/r", "reward.url: 'ftp://host/r' must start with http:// or https://"),
         ("reward.timeout_s=0", "reward.timeout_s: must be > 0, got 0"),
+        ("checkpoint.export_hf=true", "checkpoint.export_hf: needs policy.ckpt"),
+        ("checkpoint.keep_best=quantile/ref", "checkpoint.keep_best: needs checkpoint.export_hf"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_key(override, message):
