@@ -21,11 +21,14 @@ class PhaseClock:
         self.cuda = device.type == "cuda"
         self.seconds: dict[str, float] = {}
         self.peak_bytes: dict[str, int] = {}
+        self.listener = None  # called with each phase's name at its start (the progress bar)
 
     @contextmanager
     def phase(self, name: str):
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}: one of {PHASES}")
+        if self.listener is not None:
+            self.listener(name)
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -93,4 +93,6 @@ EVAL_METRICS = ("quantile/ref", "kl/ref", "reward/policy", "kl/bon_at_quantile")
 class LoggingConfig:
     wandb_mode: Literal["online", "offline", "disabled"] = "offline"
     wandb_project: str = "megatron-bond"
-    progress: bool = True  # a tqdm bar with ETA on rank 0
+    progress: bool = True  # a tqdm bar with ETA and the step's phases on rank 0
+    samples: bool = True  # each evaluation's held-out samples in RUN_DIR/samples/step-N.jsonl (and a wandb Table)
+    tensorboard: bool = False  # every metric also as TensorBoard events in RUN_DIR/tb/ (the [tensorboard] extra)

@@ -29,13 +29,15 @@ def bon_kl_at_quantile(q: float) -> float:
     return bon_kl_upper_bound(max(1.0, q / (1.0 - q)))
 
 
-def evaluate(t: Trainer, step: int) -> dict:
+def evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
+    """The evaluation row, and every held-out prompt's sample (prompt, response, reward, quantile: the
+    samples file of this step) on every rank."""
     with t.clock.phase("eval"):
-        row = _evaluate(t, step)
-    return {**row, "time/eval": t.clock.seconds["eval"], **t.clock.take()}
+        row, samples = _evaluate(t, step)
+    return {**row, "time/eval": t.clock.seconds["eval"], **t.clock.take()}, samples
 
 
-def _evaluate(t: Trainer, step: int) -> dict:
+def _evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     cfg, dist = t.cfg, t.dist
     mine = dp_share(len(t.prompts.eval), dist.dp, dist.dp_rank)
     first, prompts = mine.start, t.prompts.eval[mine]
@@ -53,12 +55,14 @@ def _evaluate(t: Trainer, step: int) -> dict:
                                           [r for rs in y_ref for r in rs]).view(len(prompts), k)
     quantile = (t.eval_ref_rewards <= r_policy.unsqueeze(-1)).double().mean(-1)
 
-    rows = [list(zip(quantile.tolist(), (logp - logp_ref).tolist(), r_policy.tolist(),
-                     t.eval_ref_rewards.mean(-1).tolist()))]
-    if dist.dp > 1:
+    samples = [{"prompt": p, "response": r, "reward": rw, "quantile": q, "kl_ref": kl, "reward_ref": rr}
+               for p, r, rw, q, kl, rr in zip(prompts, y, r_policy.tolist(), quantile.tolist(), (logp - logp_ref).tolist(),
+                                              t.eval_ref_rewards.mean(-1).tolist())]
+    if dist.dp > 1:  # in prompt order: the data-parallel shares are consecutive
         parts = [None] * dist.dp
-        torch.distributed.all_gather_object(parts, rows[0], group=ps.get_data_parallel_group())
-        rows = parts
-    q, kl, reward, reward_ref = (sum(col) / len(col) for col in zip(*[r for part in rows for r in part]))
+        torch.distributed.all_gather_object(parts, samples, group=ps.get_data_parallel_group())
+        samples = [s for part in parts for s in part]
+    q, kl, reward, reward_ref = (sum(s[key] for s in samples) / len(samples)
+                                 for key in ("quantile", "kl_ref", "reward", "reward_ref"))
     return {"step": step, "eval": True, "quantile/ref": q, "kl/ref": kl, "kl/bon_at_quantile": bon_kl_at_quantile(q),
-            "reward/policy": reward, "reward/ref": reward_ref}
+            "reward/policy": reward, "reward/ref": reward_ref}, samples

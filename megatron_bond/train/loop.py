@@ -115,14 +115,15 @@ def _train(cfg: Config, out_dir: Path) -> Path:
         if dist.rank == 0:
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             (out_dir / PREEMPTED).unlink(missing_ok=True)
-        metrics = MetricsLog(cfg, out_dir, dist.rank, start_step=start)
+        metrics = MetricsLog(cfg, out_dir, dist.rank, start_step=start, tokenizer=t.tokenizer)
+        t.clock.listener = metrics.show_phase
         exports = HfExports(cfg, out_dir, dist.rank) if cfg.checkpoint.export_hf else None
         if exports is not None and start > 0 and exports.missing(start):  # killed while exporting it
             exports.start(t, start)
         last = cfg.train.steps
         try:
             if start == 0:
-                metrics.log(evaluate(t, 0))
+                metrics.log_evaluation(*evaluate(t, 0))
             for step in range(start + 1, last + 1):
                 metrics.log(train_step(t, step))
                 if t.skips.exhausted:  # every rank agreed on each skip: all stop here, no checkpoint
@@ -130,7 +131,7 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                                    f"(train.max_skipped_steps={cfg.train.max_skipped_steps}); stopped without a "
                                    f"checkpoint: see {out_dir / METRICS_FILE}, lower optimizer.lr or check the reward")
                 if _due(step, cfg.train.eval_every, last):
-                    metrics.log(evaluate(t, step))
+                    metrics.log_evaluation(*evaluate(t, step))
                 preempted = stop.agreed()
                 if preempted or _due(step, cfg.checkpoint.every, last):
                     with t.clock.phase("checkpoint_save"):

@@ -1,6 +1,8 @@
 """Where a run's numbers go (rank 0 only): ``metrics.jsonl`` (one JSON object per step, and per
-evaluation with ``"eval": true``), wandb (offline by default; online when the recipe says so), and a
-tqdm progress bar with ETA."""
+evaluation with ``"eval": true``), wandb (offline by default; online when the recipe says so), TensorBoard
+events in ``tb/`` (``logging.tensorboard``), each evaluation's samples in ``samples/step-N.jsonl``
+(``logging.samples``; the first rows also as a wandb Table), and a tqdm progress bar with ETA, the phase
+running and the last step's seconds per phase."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import math
 import os
 from pathlib import Path
 
-from megatron_bond.config import Config
+from megatron_bond.config import Config, ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tb"
+TABLE_ROWS = 16  # samples per evaluation in the wandb Table (the file has them all)
 
 
 def _plain(value):
@@ -24,10 +29,10 @@ def _plain(value):
 
 
 class MetricsLog:
-    def __init__(self, cfg: Config, out_dir: Path, rank: int, start_step: int):
+    def __init__(self, cfg: Config, out_dir: Path, rank: int, start_step: int, tokenizer=None):
         self.enabled = rank == 0
-        self.wandb = None
-        self.bar = None
+        self.wandb = self.bar = self.tb = None
+        self.out_dir, self.tokenizer, self.samples = out_dir, tokenizer, cfg.logging.samples
         if not self.enabled:
             return
         path = out_dir / METRICS_FILE
@@ -40,9 +45,18 @@ class MetricsLog:
             self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.run.name, dir=str(out_dir),
                                     config=cfg.to_dict(), mode=cfg.logging.wandb_mode, resume="allow",
                                     id=_run_id(out_dir))
+        if cfg.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("logging.tensorboard needs the tensorboard package: pip install "
+                                  "'megatron-bond[tensorboard]'") from None
+            # A resumed run appends a new events file; TensorBoard keeps the newest value of a step.
+            self.tb = SummaryWriter(str(out_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
         if cfg.logging.progress:
             from tqdm import tqdm
 
+            self.bar_name = cfg.run.name
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.run.name, unit="step",
                             dynamic_ncols=True)
 
@@ -63,17 +77,54 @@ class MetricsLog:
             return
         row = {k: _plain(v) for k, v in row.items()}
         self.file.write(json.dumps(row) + "\n")
+        prefix = "eval/" if row.get("eval") else ""
+        scalars = {prefix + k: v for k, v in row.items() if k not in ("step", "eval") and isinstance(v, (int, float))}
         if self.wandb is not None:
-            prefix = "eval/" if row.get("eval") else ""
             self.wandb.log({prefix + k: v for k, v in row.items() if k not in ("step", "eval")}, step=row["step"])
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
         if self.bar is not None:
             if row.get("eval"):
                 self.bar.write(f"eval step {row['step']}: quantile/ref {row['quantile/ref']:.3f}  "
                                f"kl/ref {row['kl/ref']:.4f}  reward/policy {row['reward/policy']:.4f}")
             else:
                 self.bar.update(row["step"] - self.bar.n)
-                self.bar.set_postfix(loss=f"{row['loss']:.3g}", reward=f"{row['reward/policy']:.3g}",
-                                     kl_anchor=f"{row['kl/anchor']:.3g}", refresh=False)
+                phases = " ".join(f"{k[5:]} {row[k]:.2f}s" for k in ("time/rollout", "time/score", "time/train"))
+                self.bar.set_postfix_str(f"loss {row['loss']:.3g}, reward {row['reward/policy']:.3g}, kl_anchor "
+                                         f"{row['kl/anchor']:.3g} | {phases}", refresh=False)
+
+    def show_phase(self, phase: str) -> None:
+        """The bar's label names the phase that is running (PhaseClock calls it at each phase's start)."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.bar_name} [{phase}]")
+
+    def log_evaluation(self, row: dict, samples: list[dict]) -> None:
+        self.log(row)
+        self.log_samples(row["step"], samples)
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        """``samples/step-N.jsonl``: each held-out prompt's policy sample, its reward and reference quantile
+        (and text with a tokenizer), written whole then renamed; the first rows as a wandb Table."""
+        if not self.enabled or not self.samples:
+            return
+        rows = []
+        for s in samples:
+            row = dict(s)
+            if self.tokenizer is not None:
+                row["prompt_text"], row["response_text"] = self.tokenizer.decode(s["prompt"]), self.tokenizer.decode(s["response"])
+            rows.append(row)
+        folder = self.out_dir / SAMPLES_DIR
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".step-{step}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in rows))
+        tmp.replace(folder / f"step-{step}.jsonl")
+        if self.wandb is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            table = [[json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns] for r in rows[:TABLE_ROWS]]
+            self.wandb.log({"eval/samples": wandb.Table(columns=columns, data=table)}, step=step)
 
     def close(self) -> None:
         if not self.enabled:
@@ -82,6 +133,8 @@ class MetricsLog:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
         self.file.close()
 
 

@@ -1,0 +1,43 @@
+"""What a run leaves besides metrics.jsonl: each evaluation's samples, TensorBoard events with every
+metric, and a progress bar that names the phases; on CPU no CUDA memory keys."""
+
+import json
+import re
+
+from tests.integration.test_resume import rows, train
+
+
+def test_samples_tensorboard_and_the_progress_bar(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    done = train(out, "logging.tensorboard=true", "logging.progress=true", "logging.wandb_mode=offline")
+    metrics = rows(out)
+    evals = [r for r in metrics if r.get("eval")]
+    assert [r["step"] for r in evals] == [0, 4, 8]
+    for r in evals:
+        samples = [json.loads(line) for line in (out / "samples" / f"step-{r['step']}.jsonl").read_text().splitlines()]
+        assert len(samples) == 4  # data.eval_size
+        assert set(samples[0]) == {"prompt", "response", "reward", "quantile", "kl_ref", "reward_ref"}  # no tokenizer: no text
+        assert sum(s["quantile"] for s in samples) / 4 == r["quantile/ref"]
+        assert sum(s["reward"] for s in samples) / 4 == r["reward/policy"]
+    tables = sorted((out / "wandb").rglob("samples_*.table.json"))
+    assert len(tables) == 3
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["prompt", "response", "reward", "quantile", "kl_ref", "reward_ref"] and len(table["data"]) == 4
+    assert not any(k.startswith("mem/") for r in metrics for k in r)  # CUDA only
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    steps = [r for r in metrics if not r.get("eval")]
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in steps]
+    # TensorBoard stores float32: the value rounded once, within 2^-24 relative.
+    assert all(abs(e.value - r["loss"]) <= 2**-24 * abs(r["loss"]) + 1e-30 for e, r in zip(loss, steps))
+    assert [e.step for e in events.Scalars("eval/quantile/ref")] == [0, 4, 8]
+    assert {"reward/policy", "kl/anchor", "time/rollout", "eval/kl/ref"} <= set(events.Tags()["scalars"])
+
+    # The bar's label names the running phase, its postfix the last step's seconds per phase.
+    bar = done.stderr.replace("\r", "\n")
+    assert all(f"tiny-cpu [{phase}]" in bar for phase in ("rollout", "scoring", "train", "eval", "checkpoint_save")), bar[-2000:]
+    assert re.search(r"\| rollout \d+\.\d\ds score \d+\.\d\ds train \d+\.\d\ds", bar), bar[-2000:]
