@@ -100,6 +100,6 @@ def evaluation(overrides: list[str] = ()) -> dict:
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, *overrides]))
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
     try:
-        return evaluate(build_trainer(cfg, dist), 0)
+        return evaluate(build_trainer(cfg, dist), 0)[0]  # the row
     finally:
         destroy_distributed()
