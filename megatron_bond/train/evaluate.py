@@ -1,10 +1,17 @@
-"""Evaluation on the held-out prompts: the two axes of the paper's plots.
+"""Evaluation on the held-out prompts: the two axes of the paper's plots, each with its uncertainty,
+and the Best-of-N baseline measured on the same prompts.
 
 - ``quantile/ref``: the mean over prompts of the fraction of k reference samples y_i ~ π_ref whose
-  reward is ≤ the policy sample's, an estimate of E_π[p≤_ref(y)] (Best-of-N reaches N/(N+1)).
+  reward is ≤ the policy sample's, an estimate of E_π[p≤_ref(y)] (Best-of-N reaches N/(N+1) where
+  rewards do not tie); ``quantile/ref_mid`` counts ties as half (0.5 at π = π_ref whatever ties).
 - ``kl/ref``: the mean of log π(y) − log π_ref(y) over policy samples, an unbiased estimate of
-  KL(π‖π_ref) (Best-of-N's is log N − (N−1)/N).
-- ``kl/bon_at_quantile``: the Best-of-N KL at the quantile reached (N = q/(1−q)), for comparison.
+  KL(π‖π_ref) (Best-of-N's is log N − (N−1)/N without ties).
+- ``*_se``: standard errors over prompts; ``kl/ratio_to_bon`` (with ``_lo``, ``_hi``: a 95 % bootstrap
+  over prompts): kl/ref over the Best-of-N KL at the quantile reached, on the task's own tie-aware curve.
+- ``bon/reward@N``, ``bon/quantile@N``: what Best-of-N sampling of π_ref reaches on these prompts,
+  estimated from the k reference samples over all N-subsets (bond/estimates.py); ``bon/kl@N`` its exact
+  KL on the empirical reference distribution (ties included).
+- ``kl/bon_at_quantile``: the continuous formula's Best-of-N KL at the quantile reached (N = q/(1−q)).
 The sampler seeds are fixed (not per step), so successive evaluations compare the same draws, and
 π_ref's samples and rewards are computed once and kept.
 """
@@ -17,6 +24,9 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_bond.bond import bon_kl_upper_bound
+from megatron_bond.bond.estimates import (
+    BON_NS, CURVE_NS, bon_quantile, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
+)
 from megatron_bond.runtime.batch import dp_share
 from megatron_bond.train.samples import response_logprobs, sample_responses
 from megatron_bond.train.setup import Trainer
@@ -54,15 +64,39 @@ def _evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
             t.eval_ref_rewards = t.reward([p for p in prompts for _ in range(k)],
                                           [r for rs in y_ref for r in rs]).view(len(prompts), k)
     quantile = (t.eval_ref_rewards <= r_policy.unsqueeze(-1)).double().mean(-1)
+    quantile_mid = mid_quantile(r_policy, t.eval_ref_rewards)
 
-    samples = [{"prompt": p, "response": r, "reward": rw, "quantile": q, "kl_ref": kl, "reward_ref": rr}
-               for p, r, rw, q, kl, rr in zip(prompts, y, r_policy.tolist(), quantile.tolist(), (logp - logp_ref).tolist(),
-                                              t.eval_ref_rewards.mean(-1).tolist())]
+    samples = [{"prompt": p, "response": r, "reward": rw, "quantile": q, "quantile_mid": qm, "kl_ref": kl,
+                "reward_ref": sum(rr) / len(rr), "rewards_ref": rr}
+               for p, r, rw, q, qm, kl, rr in zip(prompts, y, r_policy.tolist(), quantile.tolist(), quantile_mid.tolist(),
+                                                  (logp - logp_ref).tolist(), t.eval_ref_rewards.tolist())]
     if dist.dp > 1:  # in prompt order: the data-parallel shares are consecutive
         parts = [None] * dist.dp
         torch.distributed.all_gather_object(parts, samples, group=ps.get_data_parallel_group())
         samples = [s for part in parts for s in part]
-    q, kl, reward, reward_ref = (sum(s[key] for s in samples) / len(samples)
-                                 for key in ("quantile", "kl_ref", "reward", "reward_ref"))
-    return {"step": step, "eval": True, "quantile/ref": q, "kl/ref": kl, "kl/bon_at_quantile": bon_kl_at_quantile(q),
-            "reward/policy": reward, "reward/ref": reward_ref}, samples
+    return {"step": step, "eval": True, **summarise(samples)}, samples
+
+
+def summarise(samples: list[dict]) -> dict:
+    """The evaluation row's statistics of every held-out prompt's sample (float64 on the host: a few
+    numbers per prompt)."""
+    column = lambda key: torch.tensor([s[key] for s in samples], dtype=torch.float64)  # noqa: E731
+    mean = lambda key: sum(s[key] for s in samples) / len(samples)  # noqa: E731
+    quantile, kl = column("quantile"), column("kl_ref")
+    ref_rewards = torch.tensor([s["rewards_ref"] for s in samples], dtype=torch.float64)  # [P, k]
+    k = ref_rewards.shape[-1]
+    q = mean("quantile")
+    curve_kl, curve_q = empirical_bon_curve(ref_rewards, CURVE_NS)
+    ratio, ratio_lo, ratio_hi = kl_ratio_interval(quantile, kl, curve_kl, curve_q)
+    bon_kl, _ = empirical_bon_curve(ref_rewards, [n for n in BON_NS if n <= k])
+    return {
+        "quantile/ref": q, "quantile/ref_se": standard_error(quantile),
+        "quantile/ref_mid": mean("quantile_mid"),
+        "kl/ref": mean("kl_ref"), "kl/ref_se": standard_error(kl),
+        "kl/bon_at_quantile": bon_kl_at_quantile(q),
+        "kl/ratio_to_bon": ratio, "kl/ratio_to_bon_lo": ratio_lo, "kl/ratio_to_bon_hi": ratio_hi,
+        "reward/policy": mean("reward"), "reward/ref": mean("reward_ref"),
+        **{f"bon/reward@{n}": bon_reward(ref_rewards, n).mean().item() for n in BON_NS if n <= k},
+        **{f"bon/quantile@{n}": bon_quantile(ref_rewards, n).mean().item() for n in BON_NS if n < k},
+        **{f"bon/kl@{n}": v.item() for n, v in zip([n for n in BON_NS if n <= k], bon_kl.mean(0))},
+    }

@@ -4,6 +4,8 @@ metric, and a progress bar that names the phases; on CPU no CUDA memory keys."""
 import json
 import re
 
+import pytest
+
 from tests.integration.test_resume import rows, train
 
 
@@ -18,13 +20,24 @@ def test_samples_tensorboard_and_the_progress_bar(tmp_path):
     for r in evals:
         samples = [json.loads(line) for line in (out / "samples" / f"step-{r['step']}.jsonl").read_text().splitlines()]
         assert len(samples) == 4  # data.eval_size
-        assert set(samples[0]) == {"prompt", "response", "reward", "quantile", "kl_ref", "reward_ref"}  # no tokenizer: no text
+        assert set(samples[0]) == {"prompt", "response", "reward", "quantile", "quantile_mid", "kl_ref", "reward_ref",
+                                   "rewards_ref"}  # no tokenizer: no text
+        assert all(len(s["rewards_ref"]) == 2 for s in samples)  # train.eval_ref_samples
         assert sum(s["quantile"] for s in samples) / 4 == r["quantile/ref"]
         assert sum(s["reward"] for s in samples) / 4 == r["reward/policy"]
+        # The measured Best-of-N baseline of the k = 2 reference samples (unit-tested in test_bon_estimates.py).
+        ref = [s["rewards_ref"] for s in samples]
+        assert r["bon/reward@1"] == pytest.approx(r["reward/ref"], abs=1e-12)
+        assert r["bon/reward@2"] == pytest.approx(sum(max(x) for x in ref) / 4, abs=1e-12)
+        assert r["bon/reward@2"] >= r["bon/reward@1"]
+        assert r["bon/quantile@1"] == pytest.approx(sum(a <= b for x in ref for a, b in (x, x[::-1])) / 8, abs=1e-12)
+        assert 0 <= r["quantile/ref_mid"] <= r["quantile/ref"] and r["quantile/ref_se"] >= 0 and r["kl/ref_se"] >= 0
+        assert {"kl/ratio_to_bon", "kl/ratio_to_bon_lo", "kl/ratio_to_bon_hi", "bon/kl@1", "bon/kl@2"} <= set(r)
     tables = sorted((out / "wandb").rglob("samples_*.table.json"))
     assert len(tables) == 3
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["prompt", "response", "reward", "quantile", "kl_ref", "reward_ref"] and len(table["data"]) == 4
+    assert table["columns"] == ["prompt", "response", "reward", "quantile", "quantile_mid", "kl_ref", "reward_ref",
+                                "rewards_ref"] and len(table["data"]) == 4
     assert not any(k.startswith("mem/") for r in metrics for k in r)  # CUDA only
 
     events = EventAccumulator(str(out / "tb"))
