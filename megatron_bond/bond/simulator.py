@@ -2,7 +2,9 @@
 
 The support (V**L sequences) is small enough to enumerate, so expectations are exact sums and every
 BOND objective can be checked against its closed form; sampling from the same tables gives the
-estimators' view. L = 1 is a plain categorical policy (softmax over V logits).
+estimators' view. L = 1 is a plain categorical policy (softmax over V logits). A ``factorised`` problem
+has one logits row per position (π(y) = Π_t softmax(θ_t)[y_t], no dependence on the prefix): a class that
+cannot represent π_BoN, whose reward couples the positions.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .algorithms import Algorithm, Bond, GlobalBatch
+from .algorithms import Algorithm, Bond, GlobalBatch, JBond
 from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio
 from .losses import (
     backward_kl_loss,
@@ -31,18 +33,20 @@ class SequenceProblem:
     vocab: int
     length: int
     rewards: Tensor  # [V**L], one per sequence (distinct unless ties are wanted)
-    ref_logits: Tensor  # [num_prefixes, V]
+    ref_logits: Tensor  # [num_prefixes, V], or [L, V] when factorised
+    factorised: bool = False
 
     @classmethod
-    def random(cls, vocab: int = 3, length: int = 2, seed: int = 0, ties: bool = False) -> "SequenceProblem":
+    def random(cls, vocab: int = 3, length: int = 2, seed: int = 0, ties: bool = False,
+               factorised: bool = False) -> "SequenceProblem":
         gen = torch.Generator().manual_seed(seed)
         size = vocab**length
         rewards = torch.randperm(size, generator=gen).to(torch.float64)
         if ties:
             rewards = torch.div(rewards, 2, rounding_mode="floor")
-        num_prefixes = sum(vocab**t for t in range(length))
-        ref_logits = torch.randn(num_prefixes, vocab, generator=gen, dtype=torch.float64)
-        return cls(vocab, length, rewards, ref_logits)
+        rows = length if factorised else sum(vocab**t for t in range(length))
+        ref_logits = torch.randn(rows, vocab, generator=gen, dtype=torch.float64)
+        return cls(vocab, length, rewards, ref_logits, factorised)
 
     def sequences(self) -> Tensor:
         """All sequences [V**L, L] in index order (first token most significant)."""
@@ -53,6 +57,8 @@ class SequenceProblem:
     def _prefix_rows(self) -> Tensor:
         """Row of the logits table that predicts token t of each sequence: [V**L, L]."""
         seqs, rows = self.sequences(), []
+        if self.factorised:
+            return torch.arange(self.length).expand(len(seqs), -1)
         for t in range(self.length):
             offset = sum(self.vocab**s for s in range(t))
             code = torch.zeros(len(seqs), dtype=torch.long)
@@ -79,12 +85,47 @@ class SequenceProblem:
         p_le, _ = exact_quantiles(self.ref_probs(), self.rewards)
         return (probs * p_le.squeeze(-1)).sum()
 
+    def point(self, logits: Tensor) -> dict:
+        """Where the policy with these logits stands, exactly: E[p≤_ref], E[r] and KL(π‖π_ref)."""
+        probs = self.log_probs(logits).detach().exp()
+        return {"quantile": self.quantile(probs).item(), "reward": (probs * self.rewards).sum().item(),
+                "kl_ref": kl(probs, self.ref_probs()).item()}
+
 
 def bon_curve(problem: SequenceProblem, max_n: int = 400) -> tuple[list[float], list[float]]:
     """The Best-of-N curve of π_ref for N = 1..max_n−1: (expected quantile, KL(π_BoN‖π_ref))."""
     ref = problem.ref_probs()
     points = [bon_probs(ref, problem.rewards, n) for n in range(1, max_n)]
     return [problem.quantile(p).item() for p in points], [kl(p, ref).item() for p in points]
+
+
+FRONT_QUANTILES = np.linspace(0.8, 0.97, 18)
+
+
+def at_first(history: list[dict], key: str, value: float) -> dict | None:
+    """The trajectory's point where ``key`` first reaches ``value`` (every float of the row linear between
+    the two logged points around it), or None if it never does."""
+    for i, h in enumerate(history):
+        if h[key] >= value:
+            if i == 0 or h[key] == history[i - 1][key]:
+                return dict(h)
+            a = history[i - 1]
+            w = (value - a[key]) / (h[key] - a[key])
+            return {k: (1 - w) * a[k] + w * h[k] for k in h if isinstance(h[k], float)}
+    return None
+
+
+def front_ratio(history: list[dict], curve: tuple[list[float], list[float]], grid=FRONT_QUANTILES) -> tuple[float, float]:
+    """How far above the Best-of-N curve a trajectory runs: the mean over the quantiles q of ``grid`` of
+    KL(π‖π_ref) / KL_BoN(q), the KL taken where the trajectory first reaches q (1 = on the curve).
+    Returns (that mean over the q reached, the fraction of ``grid`` reached)."""
+    ratios = []
+    for q in grid:
+        point = at_first(history, "quantile", q)
+        if point is None:
+            break
+        ratios.append(point["kl_ref"] / float(np.interp(q, *curve)))
+    return (float(np.mean(ratios)) if ratios else float("nan")), len(ratios) / len(grid)
 
 
 def exact_jbond_step(
@@ -110,19 +151,22 @@ def exact_jbond_step(
 
 def run_jbond(
     problem: SequenceProblem, steps: int, lr: float, beta: float = 0.5, gamma: float = 0.0,
-    eta: float = 0.05, log_every: int = 0, swap_every: int = 0,
+    eta: float = 0.05, log_every: int = 0, swap_every: int = 0, batch: int = 0, seed: int = 0,
 ) -> list[dict]:
-    """Exact J-BOND with an EMA anchor from π_ref (or, with ``swap_every``, an anchor replaced by the
-    policy every that many steps): the quantile and KL(π‖π_ref) after each step."""
+    """J-BOND with an EMA anchor from π_ref (or, with ``swap_every``, an anchor replaced by the policy
+    every that many steps), in exact expectation, or with ``batch`` sampled prompts a step (sampler
+    seeded by ``seed``): the quantile, reward and KL(π‖π_ref) after each step."""
     logits = problem.ref_logits.clone().requires_grad_(True)
     anchor = problem.ref_logits.clone()
     opt = torch.optim.Adam([logits], lr=lr)
-    ref = problem.ref_probs()
+    algorithm, gen = JBond(beta=beta, gamma=gamma, eta=eta), torch.Generator().manual_seed(seed)
     history = []
     curve_q, curve_kl = bon_curve(problem) if log_every else ([], [])
     for step in range(1, steps + 1):
         opt.zero_grad()
-        exact_jbond_step(problem, logits, anchor, beta, gamma).backward()
+        loss = (sampled_loss(problem, logits, algorithm, anchor, batch, gen) if batch
+                else exact_jbond_step(problem, logits, anchor, beta, gamma))
+        loss.backward()
         opt.step()
         if not swap_every:
             ema_update_([anchor], [logits.detach()], eta)
@@ -130,12 +174,7 @@ def run_jbond(
             anchor = logits.detach().clone()
         probs = problem.log_probs(logits).detach().exp()
         anchor_probs = problem.log_probs(anchor).exp()
-        history.append({
-            "step": step,
-            "quantile": problem.quantile(probs).item(),
-            "kl_ref": kl(probs, ref).item(),
-            "kl_anchor": kl(probs, anchor_probs).item(),
-        })
+        history.append({"step": step, **problem.point(logits), "kl_anchor": kl(probs, anchor_probs).item()})
         if log_every and step % log_every == 0:
             h = history[-1]
             bon_kl = float(np.interp(h["quantile"], curve_q, curve_kl))

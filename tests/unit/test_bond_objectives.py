@@ -11,6 +11,7 @@ from megatron_bond.bond.simulator import (
     exact_backward_kl_loss,
     exact_jbond_step,
     exact_jeffreys_loss,
+    front_ratio,
     run_jbond,
     sampled_jeffreys_loss,
     sampled_loss,
@@ -156,3 +157,42 @@ def test_the_algorithm_objects_sampled_gradient_is_unbiased(algorithm, exact):
     mean, se = grads.mean(0), grads.std(0) / 32**0.5
     assert ((mean - want).abs() <= 5 * se + 1e-9).all(), (mean, want, se)
     assert want.abs().max() > 10 * se.max()  # the gradient is resolved, not lost in the noise
+
+
+def test_a_factorised_policy_cannot_represent_best_of_n():
+    """Claim (a) of benchmarks/paper_claims.py needs a class without π_BoN in it: the factorised policy
+    is a product of per-position softmaxes, and the closest one to Best-of-8 (L-BFGS on the forward KL)
+    stays far from it, where the autoregressive class reaches it."""
+    gaps = {}
+    for factorised in (False, True):
+        p = SequenceProblem.random(vocab=4, length=3, seed=0, factorised=factorised)
+        target = bon_probs(p.ref_probs(), p.rewards, 8)
+        logits = p.ref_logits.clone().requires_grad_(True)
+        pi = p.log_probs(logits).exp()
+        assert pi.sum().item() == pytest.approx(1.0, abs=1e-12)
+        opt = torch.optim.LBFGS([logits], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = kl(target, p.log_probs(logits).exp())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        gaps[factorised] = kl(target, p.log_probs(logits).exp()).item()
+    p = SequenceProblem.random(vocab=4, length=3, seed=0, factorised=True)
+    first = torch.log_softmax(p.ref_logits, -1)
+    assert p.log_probs(p.ref_logits)[27].item() == pytest.approx(sum(first[t, d].item() for t, d in enumerate((1, 2, 3))))  # 27 = (1, 2, 3) base 4
+    assert gaps[False] < 1e-5 and gaps[True] > 0.05, gaps
+
+
+def test_the_front_ratio_is_one_on_the_best_of_n_curve_and_above_it_elsewhere():
+    p = SequenceProblem.random(vocab=4, length=3, seed=0)
+    q, k = bon_curve(p, max_n=2000)
+    on_curve = [{"quantile": a, "kl_ref": b} for a, b in zip(q, k)]
+    ratio, reached = front_ratio(on_curve, (q, k))
+    assert reached == 1.0 and ratio == pytest.approx(1.0, abs=1e-3)  # linear interpolation of the same points
+    twice = [{"quantile": a, "kl_ref": 2 * b} for a, b in zip(q, k)]
+    assert front_ratio(twice, (q, k))[0] == pytest.approx(2.0, abs=2e-3)
+    ratio, reached = front_ratio(on_curve[:2], (q, k))  # never reaches 0.8
+    assert ratio != ratio and reached == 0.0  # NaN
