@@ -192,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-id", type=int, action="append",
                    help="an extra stop token id (repeatable), beside the checkpoint's eos ids from hf/config.json "
                         "and hf/generation_config.json")
-    p.add_argument("--seed", type=int, default=1234, help="sampler seed (each batch derives its own)")
+    p.add_argument("--seed", type=int, default=1234,
+                   help="sampler seed (each batch derives its own from it and its first prompt's line)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call and data-parallel rank")
+    p.add_argument("--engine", default="native", choices=["native"],
+                   help="what samples (rollout/engine.py): megatron-core's decode loop")
     p.set_defaults(func=_generate)
     return parser
 

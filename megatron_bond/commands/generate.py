@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ def read_prompts(path: str | Path, text: TextSide, vocab_size: int) -> list[list
 
 def generate_file(args) -> int:
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
-    from megatron_bond.rollout.generate import generate
+    from megatron_bond.rollout.engine import Version, build_engine
     from megatron_bond.runtime import destroy_distributed, init_distributed
     from megatron_bond.runtime.batch import map_over_data_parallel
 
@@ -48,16 +47,17 @@ def generate_file(args) -> int:
         check_context(len(prompt), args.max_new_tokens, cfg.model.max_seq_length, f"{args.input}: prompt {i + 1}")
     init_distributed(cfg.parallel, seed=args.seed)
     try:
-        chunks = load_model_checkpoint(args.ckpt, cfg)
+        engine = build_engine(args.engine, cfg, stop_ids, args.max_new_tokens, args.batch_size)
+        version = Version("policy", 0)  # the checkpoint's weights, the only ones this command samples
+        engine.refit(load_model_checkpoint(args.ckpt, cfg), version)
 
-        seeds = itertools.count(args.seed)  # each batch its own stream, reproducible from --seed
-
-        def run(batch):
-            out = generate(chunks, cfg, batch, args.max_new_tokens, params, next(seeds), stop_ids)
-            return list(zip(out.responses, out.logprobs))
+        def run(batch):  # [(line index, prompt)]: each batch's seed from --seed and its first line
+            out = engine.sample("policy", [p for _, p in batch], 1, params, (args.seed, "generate"), batch[0][0])
+            return [(rs[0], lps[0]) for rs, lps in zip(out.require(version).responses, out.logprobs)]
 
         def rows():
-            for prompt, (response, logprobs) in zip(prompts, map_over_data_parallel(prompts, run, args.batch_size)):
+            results = map_over_data_parallel(list(enumerate(prompts)), run, args.batch_size)
+            for prompt, (response, logprobs) in zip(prompts, results):
                 row = {"prompt_tokens": prompt, "tokens": response, "logprobs": logprobs}
                 if text.tokenizer is not None:
                     row["text"] = text.decode(response)

@@ -57,6 +57,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
+    # What draws the rollouts (rollout/engine.py): megatron-core's decode loop on the trainer's weights.
+    engine: Literal["native"] = "native"
     max_new_tokens: int = 16
     batch_size: int = 16  # prompts per generate call (each with all its samples)
     score_batch_size: int = 16  # sequences per scoring forward pass

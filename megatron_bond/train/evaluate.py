@@ -28,7 +28,8 @@ from megatron_bond.bond.estimates import (
     BON_NS, CURVE_NS, bon_quantile, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
 )
 from megatron_bond.runtime.batch import dp_share
-from megatron_bond.train.samples import response_logprobs, sample_responses
+from megatron_bond.rollout.engine import Version
+from megatron_bond.train.samples import TRAINING_SAMPLING, response_logprobs
 from megatron_bond.train.setup import Trainer
 
 
@@ -54,13 +55,17 @@ def _evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     seed = cfg.run.seed
     k = cfg.train.eval_ref_samples
 
-    y = [rs[0] for rs in sample_responses(t.policy, cfg, prompts, 1, (seed, "eval", "policy"), first, t.stop_ids)]
+    def sample(role, chunks, n, version):
+        t.engine.refit(chunks, version)
+        return t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (seed, "eval", role), first).require(version).responses
+
+    y = [rs[0] for rs in sample("policy", t.policy, 1, Version("policy", step))]
     r_policy = t.reward(prompts, y)
     logp = response_logprobs(t.policy, cfg, prompts, y)
     with t.ref.loaded_into(t.anchor) as ref_chunks:
         logp_ref = response_logprobs(ref_chunks, cfg, prompts, y)
         if t.eval_ref_rewards is None:
-            y_ref = sample_responses(ref_chunks, cfg, prompts, k, (seed, "eval", "reference"), first, t.stop_ids)
+            y_ref = sample("reference", ref_chunks, k, Version("reference", 0))
             t.eval_ref_rewards = t.reward([p for p in prompts for _ in range(k)],
                                           [r for rs in y_ref for r in rs]).view(len(prompts), k)
     quantile = (t.eval_ref_rewards <= r_policy.unsqueeze(-1)).double().mean(-1)

@@ -12,6 +12,7 @@ from megatron_bond.config import Config
 from megatron_bond.models.tokenizer import load_text_side
 from megatron_bond.phases import PhaseClock
 from megatron_bond.resolve import uses_distributed_optimizer
+from megatron_bond.rollout.engine import build_engine
 from megatron_bond.runtime import DistEnv
 from megatron_bond.train.anchor import Anchor, ReferenceWeights
 from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
@@ -44,6 +45,7 @@ class Trainer:
     skips: SkippedUpdates
     # per-phase seconds and CUDA peaks since the last metrics row
     clock: PhaseClock
+    engine: object  # draws every rollout (rollout/engine.py): ``rollout.engine``
     # a cache, recomputed after a resume
     eval_ref_rewards: torch.Tensor | None = None  # π_ref's rewards on the held-out prompts
 
@@ -125,4 +127,5 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
                    order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
                    skips=SkippedUpdates(cfg.train.max_skipped_steps),
-                   clock=PhaseClock(next(policy[0].parameters()).device))
+                   clock=PhaseClock(next(policy[0].parameters()).device),
+                   engine=build_engine(cfg.rollout.engine, cfg, stop_ids, cfg.rollout.max_new_tokens, cfg.rollout.batch_size))

@@ -12,9 +12,12 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
+from megatron_bond.rollout.engine import Version, mismatch
 from megatron_bond.runtime.batch import dp_share, gather_dp, right_pad
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
-from megatron_bond.train.samples import response_logprobs, sample_responses, truncated
+from megatron_bond.train.samples import (
+    TRAINING_SAMPLING, response_logprobs, response_token_logprobs, sequence_logprobs, truncated,
+)
 from megatron_bond.train.setup import Trainer
 from megatron_bond.train.update import apply_update
 from megatron_bond.train.weights import token_weights
@@ -30,11 +33,14 @@ def train_step(t: Trainer, step: int) -> dict:
     n_policy, n_anchor = algo.policy_samples, algo.anchor_samples
     clock = t.clock
 
-    # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor.
+    # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor, from the weights after the
+    #    previous step (the engine is refitted with them, and a rollout of other weights is refused).
     with clock.phase("rollout"):
-        y = sample_responses(t.policy, cfg, prompts, n_policy, (cfg.run.seed, step, "policy"), first, t.stop_ids)
-        y_anchor = sample_responses(t.anchor.chunks, cfg, prompts, n_anchor, (cfg.run.seed, step, "anchor"), first,
-                                    t.stop_ids)
+        policy_v, anchor_v = Version("policy", step - 1), Version("anchor", step - 1)
+        refit_s = t.engine.refit(t.policy, policy_v) + t.engine.refit(t.anchor.chunks, anchor_v)
+        rollout = {role: t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(v)
+                   for role, n, v in (("policy", n_policy, policy_v), ("anchor", n_anchor, anchor_v))}
+        y, y_anchor = rollout["policy"].responses, rollout["anchor"].responses
 
     with clock.phase("scoring"):
         # 2. Rewards r(y), r(y'_j).
@@ -44,9 +50,12 @@ def train_step(t: Trainer, step: int) -> dict:
         r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
                             [r for rs in y_anchor for r in rs]).view(share, n_anchor)
 
-        # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's).
-        logp = response_logprobs(t.policy, cfg, flat_prompts, flat_y).view(share, n_policy)
+        # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's, which are only
+        #    compared with them).
+        token_logp = response_token_logprobs(t.policy, cfg, flat_prompts, flat_y)
+        logp = sequence_logprobs(token_logp).view(share, n_policy)
         logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
+        engine = mismatch([lp for lps in rollout["policy"].logprobs for lp in lps], token_logp)
 
     with clock.phase("train"):
         # 4. Per-sequence coefficients on the global batch (every rank gathers it), then this rank's share
@@ -71,6 +80,10 @@ def train_step(t: Trainer, step: int) -> dict:
     cut = gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
                                   dtype=torch.float64).view(share, n_policy))
     seconds = {k: clock.seconds[k] for k in ("rollout", "scoring", "train")}
+    generated = torch.tensor([float(sum(r.tokens for r in rollout.values()))], dtype=torch.float64)
+    torch.distributed.all_reduce(engine[:3], group=ps.get_data_parallel_group())
+    torch.distributed.all_reduce(engine[3:], op=torch.distributed.ReduceOp.MAX, group=ps.get_data_parallel_group())
+    torch.distributed.all_reduce(generated, group=ps.get_data_parallel_group())
     return {
         "step": step, "loss": loss, "grad_norm": update.grad_norm, "lr": update.lr, "update_ok": update.applied,
         "skipped_steps": t.skips.total,
@@ -80,7 +93,13 @@ def train_step(t: Trainer, step: int) -> dict:
         "length/policy": lengths.mean().item(),
         "rollout/truncated_fraction": cut.mean().item(),
         **{k: v.item() for k, v in terms.items()},
+        # The engine's log-probs against the trainer's on the policy samples (mean over tokens).
+        "rollout/engine_kl": (engine[0] / engine[2]).item(), "rollout/engine_kl_k3": (engine[1] / engine[2]).item(),
+        "rollout/engine_max_abs_logprob_diff": engine[3].item(),
+        "rollout/tokens_per_s": generated.item() / seconds["rollout"],
         "time/rollout": seconds["rollout"], "time/score": seconds["scoring"], "time/train": seconds["train"],
+        "time/refit": refit_s, "time/rollout_policy": rollout["policy"].seconds,
+        "time/rollout_anchor": rollout["anchor"].seconds,
         "tokens_per_s": tokens / sum(seconds.values()),
         **clock.take(),
     }

@@ -103,3 +103,48 @@ def evaluation(overrides: list[str] = ()) -> dict:
         return evaluate(build_trainer(cfg, dist), 0)[0]  # the row
     finally:
         destroy_distributed()
+
+
+def engine_refits(tp: int) -> dict:
+    """The rollout engine around one training step: rollouts drawn before the update and used after it,
+    an engine that missed a refit, and what each refit (policy, anchor, π_ref) draws with fixed seeds."""
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.rollout.engine import StaleRollout, Version
+    from megatron_bond.train.samples import TRAINING_SAMPLING
+    from megatron_bond.train.setup import build_trainer
+    from megatron_bond.train.step import train_step
+
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, f"parallel.tp={tp}"]))
+    dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
+
+    def refused(rollout, version) -> bool:
+        try:
+            rollout.require(version)
+        except StaleRollout:
+            return True
+        return False
+
+    try:
+        t = build_trainer(cfg, dist)
+        prompts = t.prompts.train[:4]
+        draw = lambda role: t.engine.sample(role, prompts, 2, TRAINING_SAMPLING, (7, "test"), 0)  # noqa: E731
+        t.engine.refit(t.policy, Version("policy", 0))
+        t.engine.refit(t.anchor.chunks, Version("anchor", 0))
+        before, anchor_before = draw("policy"), draw("anchor")
+        row = train_step(t, 1)  # refits both at version 0 itself, then moves the policy and the anchor
+        stale = [refused(before, Version("policy", 1)), refused(anchor_before, Version("anchor", 1)),
+                 refused(draw("policy"), Version("policy", 1))]  # the step refitted version 0 only
+        t.engine.refit(t.policy, Version("policy", 1))
+        t.engine.refit(t.anchor.chunks, Version("anchor", 1))
+        after, anchor_after = draw("policy").require(Version("policy", 1)), draw("anchor")
+        with t.ref.loaded_into(t.anchor) as ref_chunks:
+            t.engine.refit(ref_chunks, Version("reference", 0))
+            reference = draw("reference")
+        fresh = refused(after, Version("policy", 1))
+        flat = lambda r: [x for lps in r.logprobs for lp in lps for x in lp]  # noqa: E731
+        return {"row": row, "stale": stale, "fresh_refused": fresh,
+                **{name: flat(r) for name, r in (("before", before), ("after", after), ("anchor_before", anchor_before),
+                                                 ("anchor_after", anchor_after), ("reference", reference))},
+                "same_tokens": before.responses == reference.responses}
+    finally:
+        destroy_distributed()

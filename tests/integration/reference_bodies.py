@@ -102,21 +102,18 @@ def step_against_transformers(ckpt: str, hf_dir: str, algorithm: str, swap: bool
         t = build_trainer(cfg, dist)
         step_module.train_step(t, 1)
         policy_w, anchor_w = gather_full(t.policy), gather_full(t.anchor.chunks)
-        recorded, sample = {}, step_module.sample_responses
+        recorded, sample = {}, t.engine.sample
 
-        def recording(chunks, cfg_, prompts, n, seed_parts, first, stop_ids):
-            out = sample(chunks, cfg_, prompts, n, seed_parts, first, stop_ids)
-            recorded[seed_parts[2]], recorded["prompts"] = out, prompts
+        def recording(role, prompts, n, *args):
+            out = sample(role, prompts, n, *args)
+            recorded[role], recorded["prompts"] = out.responses, prompts
             return out
 
-        step_module.sample_responses = recording
+        t.engine.sample = recording
         if swap:
             trained = t.algorithm.trained
             t.algorithm.trained = lambda *a: [list(reversed(pair)) for pair in trained(*a)]
-        try:
-            step_module.train_step(t, 2)
-        finally:
-            step_module.sample_responses = sample
+        step_module.train_step(t, 2)
         with params_as_grads(t.policy):
             got = gather_full(t.policy)
     finally:

@@ -1,0 +1,127 @@
+"""The rollout engine boundary: training, evaluation and `megatron-bond generate` ask an engine for n
+responses per prompt from the weights of one role (the policy, the anchor or π_ref) and get them back
+with the sampler's per-token log-probs and the version of the weights that drew them.
+
+An engine holds weights per role; ``refit`` gives it a role's current weights and their version. A
+rollout carries that version, and ``Rollouts.require`` refuses one drawn from other weights than the
+trainer's current ones (an engine that missed a refit, or a rollout kept across an update). The losses
+never use the engine's log-probs: the trainer re-scores every response through its fused head, and
+``mismatch`` compares the two (the train/inference mismatch guard).
+
+``native`` is megatron-core's decode loop (rollout/generate.py) on the trainer's own model chunks, so
+its refit only records which chunks serve a role and costs nothing; it is the reference and the default.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from megatron_bond.config import ConfigError
+from megatron_bond.rollout.generate import generate
+from megatron_bond.rollout.sampling import SamplingParams
+
+ROLES = ("policy", "anchor", "reference")
+
+
+@dataclass(frozen=True)
+class Version:
+    """Which weights: a role and the step they are the weights after (π_ref: always 0)."""
+
+    role: str
+    step: int
+
+
+class StaleRollout(RuntimeError):
+    """A rollout drawn from weights other than the ones it is used with."""
+
+
+@dataclass
+class Rollouts:
+    version: Version
+    responses: list[list[list[int]]]  # [prompt][sample] tokens, the stop token included where one was sampled
+    logprobs: list[list[list[float]]]  # the sampler's log-prob of each token (rollout/sampling.py's definition)
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r) for rs in self.responses for r in rs)
+
+    def require(self, current: Version) -> "Rollouts":
+        if self.version != current:
+            raise StaleRollout(f"a rollout of the {self.version.role} weights after step {self.version.step} is used "
+                               f"where the {current.role} weights after step {current.step} are current: refused")
+        return self
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of names and numbers (stable across processes and platforms)."""
+    import hashlib
+
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class NativeEngine:
+    """megatron-core's static-cache decode loop on the trainer's chunks. Prompts go in groups of
+    ``batch_size`` (each with its n samples), each group's sampler seeded by (seed parts, global index of
+    its first prompt): a prompt's samples depend neither on the data-parallel layout (when the group size
+    divides the per-rank share) nor on anything a resumed run would have to restore."""
+
+    name = "native"
+
+    def __init__(self, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int):
+        self.cfg, self.stop_ids, self.max_new_tokens, self.batch_size = cfg, stop_ids, max_new_tokens, batch_size
+        self.weights: dict[str, tuple[list, Version]] = {}
+
+    def refit(self, chunks: list, version: Version) -> float:
+        """The role's weights from now on; returns the seconds it took (none here: the chunks are read in
+        place, so the trainer's later updates reach the next rollout only through a new refit's version)."""
+        self.weights[version.role] = (chunks, version)
+        return 0.0
+
+    def sample(self, role: str, prompts: list[list[int]], n: int, params: SamplingParams, seed_parts: tuple,
+               first_index: int) -> Rollouts:
+        if role not in self.weights:
+            raise StaleRollout(f"the engine has no {role} weights: refit it first")
+        chunks, version = self.weights[role]
+        start_time = time.perf_counter()
+        responses, logprobs = [], []
+        with torch.no_grad():
+            for start in range(0, len(prompts) if n else 0, self.batch_size):
+                group = prompts[start : start + self.batch_size]
+                out = generate(chunks, self.cfg, [p for p in group for _ in range(n)], self.max_new_tokens, params,
+                               derived_seed(*seed_parts, first_index + start), self.stop_ids)
+                responses += [out.responses[i * n : (i + 1) * n] for i in range(len(group))]
+                logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
+        if not n:  # an algorithm that samples nothing from these weights
+            responses = logprobs = [[] for _ in prompts]
+        return Rollouts(version, responses, logprobs, time.perf_counter() - start_time)
+
+
+ENGINES = {NativeEngine.name: NativeEngine}
+
+
+def build_engine(name: str, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int):
+    if name not in ENGINES:
+        raise ConfigError(f"rollout.engine {name!r}: this build has {sorted(ENGINES)}")
+    return ENGINES[name](cfg, stop_ids, max_new_tokens, batch_size)
+
+
+def mismatch(engine_logprobs: list[list[float]], trainer_logprobs: list[torch.Tensor]) -> torch.Tensor:
+    """Sums over the sampled tokens of the engine's and the trainer's log-probs of the same responses, to
+    be summed over ranks (fp64): [Σ (log p_engine − log p_trainer), Σ k3, token count] and the largest
+    |difference|, where k3 = ρ − 1 − log ρ with ρ = p_trainer/p_engine (≥ 0, an estimate of
+    KL(engine ‖ trainer) under the engine's samples with less variance than the plain difference)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    worst = torch.zeros(1, dtype=torch.float64)
+    for eng, ours in zip(engine_logprobs, trainer_logprobs):
+        if not eng:
+            continue
+        log_ratio = ours.double() - torch.tensor(eng, dtype=torch.float64)  # log ρ
+        sums += torch.stack([-log_ratio.sum(), (log_ratio.exp() - 1 - log_ratio).sum(),
+                             torch.tensor(float(len(eng)), dtype=torch.float64)])
+        worst = torch.maximum(worst, log_ratio.abs().max().reshape(1))
+    return torch.cat([sums, worst])
