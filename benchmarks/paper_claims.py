@@ -62,14 +62,14 @@ def sign_verdict(lo: float, hi: float, better_below: bool = True) -> str:
     return "inconclusive"
 
 
-def _json(value):
-    """Strict JSON: NaN and infinities become null."""
+def _json(value, digits: int | None = None):
+    """Strict JSON: NaN and infinities become null; ``digits``: floats rounded (a curve's points)."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return (round(value, digits) if digits else value) if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json(v) for k, v in value.items()}
+        return {k: _json(v, 6 if k == "rows" else digits) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json(v) for v in value]
+        return [_json(v, digits) for v in value]
     return value
 
 
@@ -83,7 +83,7 @@ def adam(p: SequenceProblem, steps: int, lr: float, loss_of, log_every: int = 10
     rows = []
     for step in range(steps + 1):
         if step % log_every == 0 or step == steps:
-            rows.append({"step": step, **p.point(logits), "logits": logits})
+            rows.append({"step": step, **p.point(logits), "logits": logits.detach().clone()})
         if step == steps:
             return rows
         opt.zero_grad()
@@ -234,9 +234,9 @@ def claim_c(seeds: list[int], rounds: int) -> list[dict]:
                     hist = run_jbond(p, rounds * every, C_LR, batch=batch, seed=1000 + s, **kw)
                     ratio, reached = front_ratio(hist, curve)
                     ratios[mode].append(ratio)
+                    # 360 runs: their front ratios, not their trajectories (the figure is of the differences).
                     out.append({"kind": "curve", "claim": "c", "setting": f"{mode} eta={eta} swap_every={every} batch={batch}",
-                                "seed": s, "front_ratio": ratio, "reached": reached,
-                                "rows": [{k: h[k] for k in ("step", "quantile", "kl_ref")} for h in hist[::5]]})
+                                "seed": s, "front_ratio": ratio, "reached": reached, "rows": []})
             setting = f"eta={eta} vs swap_every={every}, batch={batch}"
             for mode in ratios:
                 out.append(summary("c", f"{mode}: {setting}", "front ratio", ratios[mode], seeds))
@@ -313,7 +313,7 @@ def claim_gamma(seeds: list[int], steps: int) -> list[dict]:
             ratios[gamma].append(ratio)
             drift[gamma].append(float(np.mean([h["kl_anchor"] for h in hist])))
             out.append({"kind": "curve", "claim": "gamma", "setting": f"gamma={gamma}", "seed": s, "front_ratio": ratio,
-                        "reached": reached, "rows": [{k: h[k] for k in ("step", "quantile", "kl_ref", "kl_anchor")} for h in hist[::10]]})
+                        "reached": reached, "rows": [{k: h[k] for k in ("step", "quantile", "kl_ref", "kl_anchor")} for h in hist[::20]]})
     for gamma in GAMMAS:
         out.append(summary("gamma", f"gamma={gamma}", "front ratio", ratios[gamma], seeds))
         out.append(summary("gamma", f"gamma={gamma}", "mean kl_anchor", drift[gamma], seeds))
@@ -347,9 +347,12 @@ def plot(lines: list[dict], out: Path) -> None:
         n = min(len(r["rows"]) for r in runs)
         return [float(np.nanmean([np.nan if r["rows"][i][key] is None else r["rows"][i][key] for r in runs])) for i in range(n)]
 
-    def bon(ax):
-        q, k = bon_curve(problem(0), max_n=2000)
-        ax.plot(k, q, "k--", lw=1, label="Best-of-N of π_ref (exact, problem 0)")
+    def bon(ax, claim):
+        """Best-of-N of π_ref at each N, its quantile and KL averaged over the claim's problems (as the
+        trajectories are)."""
+        seeds = sorted({r["seed"] for r in curves if r["claim"] == claim})
+        q, k = np.mean([bon_curve(problem(s), max_n=2000) for s in seeds], axis=0)
+        ax.plot(k, q, "k--", lw=1, label=f"Best-of-N of π_ref (exact, mean over {len(seeds)} problems)")
 
     def finish(fig, ax, name, title, xlabel="KL(π ‖ π_ref)", ylabel="expected reward quantile against π_ref"):
         ax.set_xlabel(xlabel)
@@ -375,7 +378,7 @@ def plot(lines: list[dict], out: Path) -> None:
                xlabel="step", ylabel="")
     if any(r["claim"] == "b" for r in curves):
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        bon(ax)
+        bon(ax, "b")
         for name in ("iterative n=2", "N=16", "N=64"):
             runs = by("b", name)
             ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, "quantile"), marker=".", ms=2, label=name)
@@ -400,12 +403,14 @@ def plot(lines: list[dict], out: Path) -> None:
                 runs = by("d", setting)
                 ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, key), label=setting.replace("exact ", ""))
             ax.set_ylabel(key)
-        bon(axes[0])
+        bon(axes[0], "d")
+        axes[0].set_xlabel("KL(π ‖ π_ref)")
+        axes[0].legend(fontsize=7)
         finish(fig, axes[1], "claim_d_reinforce.png", "(d) J-BOND against REINFORCE, exact gradients (mean over problems)",
                ylabel="expected reward")
     if any(r["claim"] == "gamma" for r in curves):
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        bon(ax)
+        bon(ax, "gamma")
         for gamma in GAMMAS:
             runs = by("gamma", f"gamma={gamma}")
             ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, "quantile"), label=f"γ = {gamma}")
