@@ -1,6 +1,7 @@
 """Generation speed: megatron-bond's KV-cache sampler against transformers' generate, same model, same run.
 
     python benchmarks/generate.py --batch 16 --prompt-len 64 --new-tokens 128 --json
+    python benchmarks/generate.py --batch 64 --samples-per-prompt 3 --json    # J-BOND's shape, sampled
 
 Builds a small random Gemma 2 model in transformers (no download), converts it with the real converter,
 then times greedy generation of exactly --new-tokens tokens per row (no stop ids), median of --repeats
@@ -8,6 +9,10 @@ alternating between the runs: this sampler (tokens and their log-probs), transfo
 only: the headline ratio), and generate asked for logits with the log-probs taken from them (the same
 output as ours). One JSON line: times, tokens/s, both ratios (> 1: ours is faster), and the fraction of
 rows whose greedy continuation equals transformers'.
+
+With --samples-per-prompt n > 1 (sampling at temperature 1): this sampler prefilling each prompt once
+and forking its cache into n rows, against the same sampler on the prompts repeated n times (as before
+the fork: ``fork_speedup``), and transformers' generate with num_return_sequences = n.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--samples-per-prompt", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -79,12 +85,16 @@ def main() -> None:
         hf_to_megatron(tmp / "hf", tmp / "ckpt")
         prompts = torch.randint(2, args.vocab, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(0))
 
+        n = args.samples_per_prompt
+        params = SamplingParams(greedy=True) if n == 1 else SamplingParams(temperature=1.0)
+
         def run_hf(logprobs: bool):
-            """Greedy tokens [b, new]; with ``logprobs`` also their log-probs, the sampler's full output."""
+            """Tokens [b·n, new]; with ``logprobs`` also their log-probs, the sampler's full output."""
             with torch.no_grad():
-                out = hf_model.generate(prompts, do_sample=False, max_new_tokens=args.new_tokens,
-                                        min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0,
-                                        output_logits=logprobs, return_dict_in_generate=True)
+                out = hf_model.generate(prompts, do_sample=n > 1, num_return_sequences=n, top_k=None,
+                                        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                        eos_token_id=None, pad_token_id=0, output_logits=logprobs,
+                                        return_dict_in_generate=True)
                 tokens = out.sequences[:, args.prompt_len:]
                 if logprobs:
                     logp = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
@@ -96,25 +106,29 @@ def main() -> None:
         try:
             chunks = load_model_checkpoint(tmp / "ckpt", cfg)
             rows = prompts.tolist()
-            median, outputs = timed_side_by_side({
-                "hf": lambda: run_hf(False),
-                "hf_logprobs": lambda: run_hf(True),
-                "ours": lambda: generate(chunks, cfg, rows, args.new_tokens, SamplingParams(greedy=True), 0),
-            }, args.repeats)
+            fns = {"hf": lambda: run_hf(False), "hf_logprobs": lambda: run_hf(True),
+                   "ours": lambda: generate(chunks, cfg, rows, args.new_tokens, params, 0, n=n)}
+            if n > 1:
+                repeated = [r for r in rows for _ in range(n)]
+                fns["ours_repeated"] = lambda: generate(chunks, cfg, repeated, args.new_tokens, params, 0)
+            median, outputs = timed_side_by_side(fns, args.repeats)
         finally:
             destroy_distributed()
 
-    tokens = args.batch * args.new_tokens
-    same = sum(a == b for a, b in zip(outputs["ours"].responses, outputs["hf"].tolist())) / args.batch
+    tokens = args.batch * n * args.new_tokens
+    same = sum(a == b for a, b in zip(outputs["ours"].responses, outputs["hf"].tolist())) / (args.batch * n)
     row = {
-        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "batch": args.batch, "samples_per_prompt": n, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "threads": torch.get_num_threads(),
         "repeats": args.repeats, "ours_s": median["ours"], "hf_s": median["hf"],
         "hf_logprobs_s": median["hf_logprobs"],
         "ours_tokens_per_s": tokens / median["ours"], "hf_tokens_per_s": tokens / median["hf"],
         "ratio": median["hf"] / median["ours"],
         "ratio_vs_hf_with_logprobs": median["hf_logprobs"] / median["ours"],
-        "rows_equal_to_hf": same,
+        # greedy only: sampled rows of two libraries differ by construction
+        "rows_equal_to_hf": same if n == 1 else None,
+        **({"ours_repeated_s": median["ours_repeated"], "fork_speedup": median["ours_repeated"] / median["ours"]}
+           if n > 1 else {}),
     }
     if args.json:
         print(json.dumps(row))

@@ -92,8 +92,8 @@ class NativeEngine:
         with torch.no_grad():
             for start in range(0, len(prompts) if n else 0, self.batch_size):
                 group = prompts[start : start + self.batch_size]
-                out = generate(chunks, self.cfg, [p for p in group for _ in range(n)], self.max_new_tokens, params,
-                               derived_seed(*seed_parts, first_index + start), self.stop_ids)
+                out = generate(chunks, self.cfg, group, self.max_new_tokens, params,
+                               derived_seed(*seed_parts, first_index + start), self.stop_ids, n=n)
                 responses += [out.responses[i * n : (i + 1) * n] for i in range(len(group))]
                 logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
         if not n:  # an algorithm that samples nothing from these weights

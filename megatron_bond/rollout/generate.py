@@ -6,6 +6,8 @@ tokens sit at their true positions (no padding inside a sequence, so RoPE and th
 per-row offsets); the cache is filled up to the shortest prompt in one pass, then one position per
 step, where rows still inside their prompt take the prompt's token instead of a sample. Rows stop at a
 stop id or after ``max_new_tokens``. Prompts longer than the model's context are refused.
+With ``n`` samples per prompt, each prompt is prefilled once and its cache forked into its n rows
+(J-BOND draws 3 per prompt, evaluation k + 1).
 The last pipeline stage samples (identically on its TP ranks: same logits, same seeded generator) and
 broadcasts the tokens to the other stages.
 """
@@ -39,15 +41,24 @@ def check_context(prompt_len: int, max_new_tokens: int, max_seq_length: int, whe
 
 
 def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
-             seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
+             seed: int, stop_ids: tuple[int, ...] = (), n: int = 1) -> Rollout:
+    """``n`` samples of each prompt: rows i·n … i·n + n − 1 of the result are prompt i's."""
     from megatron_bond.models.gpt import without_sequence_parallel
 
     with without_sequence_parallel(chunks):
-        return _generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids)
+        return _generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids, n)
+
+
+def fork_cache(context, n: int) -> None:
+    """Each cached row becomes n consecutive rows (the prefix of a prompt's n samples), on every layer
+    this stage holds; the context then serves n times the batch."""
+    for layer, (key, value) in context.key_value_memory_dict.items():
+        context.key_value_memory_dict[layer] = (key.repeat_interleave(n, dim=1), value.repeat_interleave(n, dim=1))
+    context.max_batch_size *= n
 
 
 def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
-              seed: int, stop_ids: tuple[int, ...] = ()) -> Rollout:
+              seed: int, stop_ids: tuple[int, ...], n: int) -> Rollout:
     from megatron.core.inference.contexts import StaticInferenceContext
 
     if not prompts:
@@ -55,6 +66,8 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
     for i, prompt in enumerate(prompts):
         check_token_ids(prompt, cfg.model.vocab_size, f"prompt {i}")
     device = next(chunks[0].parameters()).device
+    unique = len(prompts)
+    prompts = [p for p in prompts for _ in range(n)]
     b = len(prompts)
     plen = torch.tensor([len(p) for p in prompts], device=device)
     total = int(plen.max()) + max_new_tokens
@@ -63,18 +76,18 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
     logp_buf = torch.zeros(b, total, device=device)
     stops = torch.tensor(sorted(stop_ids) or [-1], device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    context = StaticInferenceContext(b, total)
+    context = StaticInferenceContext(unique, total)
 
     head = LastTokenLogitsHead()
 
-    def logits_at(start: int, end: int):
-        positions = torch.arange(start, end, device=device).expand(b, end - start)
+    def logits_at(rows: torch.Tensor, start: int, end: int):
+        positions = torch.arange(start, end, device=device).expand(len(rows), end - start)
         out = forward_once(
             chunks,
             # runtime_gather_output: megatron-core asserts it in inference mode (the head gathers itself)
-            lambda model: model(buf[:, start:end], positions, None, inference_context=context,
+            lambda model: model(rows[:, start:end], positions, None, inference_context=context,
                                 runtime_gather_output=True, head=head),
-            end - start, b,
+            end - start, len(rows),
         )
         advance_static_context(context, end - start)
         return None if out is None else out[:, : cfg.model.vocab_size]
@@ -84,7 +97,11 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
     done = torch.zeros(b, dtype=torch.bool, device=device)
     produced = torch.zeros(b, dtype=torch.long, device=device)
     with torch.inference_mode():
-        logits = logits_at(0, int(plen.min()))
+        # The common prefix once per prompt (rows 0, n, 2n, … of buf), then forked into its n rows.
+        logits = logits_at(buf[::n], 0, int(plen.min()))
+        if n > 1:
+            fork_cache(context, n)
+            logits = None if logits is None else logits.repeat_interleave(n, dim=0)
         for t in range(int(plen.min()), total):
             picked = None
             if logits is not None:
@@ -100,7 +117,7 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
             done |= active & (torch.isin(tok, stops) | (produced >= max_new_tokens))
             if bool(done.all()) or t == total - 1:
                 break
-            logits = logits_at(t, t + 1)
+            logits = logits_at(buf, t, t + 1)
     n = produced.tolist()
     lengths = plen.tolist()
     return Rollout(

@@ -82,8 +82,9 @@ def score_many(ckpts: list[str], tp: int, pp: int, rows: list[list[int]], stages
 
 def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], max_new_tokens: int,
                   sampling: dict, seed: int = 0, stop_ids: tuple = (), repeat: bool = False,
-                  stages: dict | None = None) -> list[dict]:
-    """Rollouts of each checkpoint at this layout, plus `score`'s log-probs of the same tokens."""
+                  stages: dict | None = None, fork: int = 0) -> list[dict]:
+    """Rollouts of each checkpoint at this layout, plus `score`'s log-probs of the same tokens; with
+    ``fork``, also that many samples of each prompt from one prefill, and from the prompts repeated."""
     from megatron_bond.rollout.generate import generate
     from megatron_bond.rollout.sampling import SamplingParams
     from megatron_bond.commands.score import score_rows
@@ -94,7 +95,12 @@ def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], 
         again = generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids) if repeat else None
         full = [p + r for p, r in zip(out.prompts, out.responses)]
         scored = score_rows(chunks, cfg, full, batch_size=4)
-        return {"responses": out.responses, "logprobs": out.logprobs,
+        forked = {}
+        if fork:
+            one = generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids, n=fork)
+            many = generate(chunks, cfg, [p for p in prompts for _ in range(fork)], max_new_tokens, params, seed, stop_ids)
+            forked = {"forked": (one.responses, one.logprobs), "repeated": (many.responses, many.logprobs)}
+        return {"responses": out.responses, "logprobs": out.logprobs, **forked,
                 "again": again.responses if again else None,
                 "scored": [s[len(p) - 1:] for s, p in zip(scored, out.prompts)]}
 

@@ -58,17 +58,24 @@ def test_greedy_equals_transformers_and_logprobs_equal_score(converted, greedy, 
     assert err < LOGP_TOL
 
 
-@pytest.mark.parametrize("layout", [(1, 1), (2, 1)], ids=["tp1", "tp2"])
+@pytest.mark.parametrize("layout", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
 def test_sampling_is_reproducible_and_scored_consistently(converted, layout):
+    """Also: 3 samples of each prompt from one prefill (the cache forked into 3 rows, on every stage)
+    draw what the prompts repeated 3 times draw, with the same seed: the same tokens, and log-probs
+    within the sampler's rounding (the prefill's batch differs, so its logits may round differently)."""
     root, _, _, _ = converted("gemma2_gqa")
     tp, pp = layout
     got = run_ranks("tests.integration.bodies:generate_many", tp * pp,
                     {"ckpts": [str(root / "ckpt")], "tp": tp, "pp": pp, "prompts": prompts(),
                      "max_new_tokens": NEW, "sampling": {"temperature": 1.0}, "seed": 7, "stop_ids": (1,),
-                     "repeat": True}, timeout=240)
+                     "repeat": True, "fork": 3}, timeout=240)
     got = [rank[0] for rank in got]
     for rank in got:  # every rank returns the same rollouts, twice
         assert rank["responses"] == rank["again"] == got[0]["responses"]
+        (forked, forked_lp), (repeated, repeated_lp) = rank["forked"], rank["repeated"]
+        assert forked == repeated and len(forked) == 3 * len(prompts())
+        assert len({tuple(r) for r in forked}) > len(prompts())  # the 3 samples of a prompt are not copies
+        assert max(abs(a - b) for x, y in zip(forked_lp, repeated_lp) for a, b in zip(x, y)) < LOGP_TOL
     for response in got[0]["responses"]:
         assert 1 <= len(response) <= NEW and 1 not in response[:-1]  # stops at the stop id
     err = max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(got[0]["logprobs"], got[0]["scored"]))

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.distributed.train_bodies import LOSS_DEPTH, TERMS
-from tests.harness import ROOT
+from tests.harness import ROOT, UNTIMED
 from tests.tolerances import assert_reorder_close
 
 pytestmark = pytest.mark.distributed
@@ -25,7 +25,6 @@ STEPS = 8
 ARGS = ["recipes/tiny_cpu.yaml", f"train.steps={STEPS}", "checkpoint.every=2", "checkpoint.keep_last=2",
         "train.global_batch_size=4", "rollout.max_new_tokens=4", "data.num_prompts=32", "data.eval_size=4",
         "train.eval_ref_samples=2", "train.eval_every=4", "logging.wandb_mode=disabled", "logging.progress=false"]
-UNTIMED = lambda row: {k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_s"}  # noqa: E731
 
 
 def _env(extra=None):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, UNTIMED
 
 pytestmark = [
     pytest.mark.slurm,
@@ -22,7 +22,6 @@ pytestmark = [
 OVERRIDES = ["parallel.tp=2", "train.steps=12", "train.global_batch_size=8", "parallel.micro_batch_size=8",
              "rollout.max_new_tokens=4", "data.num_prompts=64", "data.eval_size=8", "train.eval_every=4",
              "train.eval_ref_samples=4", "checkpoint.every=2", "logging.wandb_mode=disabled", "logging.progress=false"]
-UNTIMED = lambda row: {k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_s"}  # noqa: E731
 
 
 def submit(run_dir) -> str:
