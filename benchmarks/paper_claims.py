@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # noqa: E402
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
 from megatron_bond.bond.estimates import mean_interval  # noqa: E402
+from megatron_bond.jsonl import strict  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
     SequenceProblem, at_first, bon_curve, front_ratio, run_jbond, sampled_loss,
 )
@@ -62,15 +63,9 @@ def sign_verdict(lo: float, hi: float, better_below: bool = True) -> str:
     return "inconclusive"
 
 
-def _json(value, digits: int | None = None):
-    """Strict JSON: NaN and infinities become null; ``digits``: floats rounded (a curve's points)."""
-    if isinstance(value, float):
-        return (round(value, digits) if digits else value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json(v, 6 if k == "rows" else digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json(v, digits) for v in value]
-    return value
+def _json(row: dict) -> dict:
+    """Strict JSON, a curve's points rounded to 6 decimals (their figure needs no more)."""
+    return {k: strict(v, 6 if k == "rows" else None) for k, v in row.items()}
 
 
 def adam(p: SequenceProblem, steps: int, lr: float, loss_of, log_every: int = 10, decay: bool = False) -> list[dict]:

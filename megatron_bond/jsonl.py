@@ -1,5 +1,5 @@
 """Reading the JSONL inputs of `score` and `generate`: one JSON object a line, errors naming file:line,
-and the check that a row's token ids fit the model."""
+and the check that a row's token ids fit the model; strict JSON for what the benchmarks write."""
 
 from __future__ import annotations
 
@@ -63,3 +63,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict], total: int, desc: str, w
         out.close()
         bar.close()
         os.replace(tmp, path)
+
+
+def strict(value, digits: int | None = None):
+    """``value`` with NaN and infinities as None (JSON has neither), and floats rounded to ``digits``
+    decimals when given, through dicts and lists."""
+    if isinstance(value, float):
+        return (round(value, digits) if digits is not None else value) if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: strict(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict(v, digits) for v in value]
+    return value

@@ -70,21 +70,32 @@ def standard_error(values: Tensor) -> float:
 
 
 def empirical_bon_curve(ref_rewards: Tensor, ns) -> tuple[Tensor, Tensor]:
-    """The exact Best-of-N curve of the empirical reference distribution (each prompt's k samples with
-    weight 1/k, ties included through Theorem 1's p≤ and p<): per prompt and N, KL(π_BoN‖π_ref) and
-    E_{π_BoN}[p≤]. [P, k] -> ([P, len(ns)], [P, len(ns)]); the task's curve is their mean over prompts."""
+    """The Best-of-N curve of the empirical reference distribution (each prompt's k samples with weight
+    1/k, ties included through Theorem 1's p≤ and p<): per prompt and N, KL(π_BoN‖π_ref) and the
+    expected quantile, each sample's quantile counted against the other k − 1 as quantile/ref counts a
+    policy sample against k independent ones (counting itself would lift Best-of-1 to (k+1)/(2k)).
+    Meaningful for N ≤ k (``curve_ns``): beyond, the k atoms cap the KL at log k. [P, k] ->
+    ([P, len(ns)], [P, len(ns)]); the task's curve is their mean over prompts."""
     r = ref_rewards.double()
-    ref = torch.full_like(r, 1.0 / r.shape[-1])
-    p_le = exact_quantiles(ref, r)[0].squeeze(-1)
+    k = r.shape[-1]
+    if k < 2:
+        raise ValueError("the empirical Best-of-N curve needs k ≥ 2 reference samples per prompt")
+    ref = torch.full_like(r, 1.0 / k)
+    p_le_others = (k * exact_quantiles(ref, r)[0].squeeze(-1) - 1.0) / (k - 1)  # #{i ≠ j: r_i ≤ r_j}/(k − 1)
     kls, qs = [], []
     for n in ns:
         bon = bon_probs(ref, r, n)
         kls.append(kl(bon, ref))
-        qs.append((bon * p_le).sum(-1))
+        qs.append((bon * p_le_others).sum(-1))
     return torch.stack(kls, -1), torch.stack(qs, -1)
 
 
 CURVE_NS = tuple(sorted({round(1.15**i) for i in range(60)}))  # N = 1 … ≈ 4,400, denser at small N
+
+
+def curve_ns(k: int) -> tuple[int, ...]:
+    """The N of CURVE_NS that k reference samples per prompt can speak for (N ≤ k)."""
+    return tuple(n for n in CURVE_NS if n <= k)
 
 
 def bon_kl_at(quantile: float, curve_kl: np.ndarray, curve_q: np.ndarray) -> float:

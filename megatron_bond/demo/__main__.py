@@ -1,12 +1,13 @@
 """`make demo`: J-BOND end to end on a small text task, through the commands a user runs.
 
 1. build the task (megatron_bond/demo/task.py): corpus, tokenizer, a pre-trained policy and a reward
-   model imitating "count the colour words", as Hugging Face checkpoints; prompts as a jsonl file;
+   model imitating "colour words per 10 words", as Hugging Face checkpoints; prompts as a jsonl file;
 2. convert both with tools/convert_hf_to_megatron.py;
 3. J-BOND at TP=2 under torchrun (recipes/demo.yaml);
 4. export the policy with tools/convert_megatron_to_hf.py, load it in transformers and compare its
    log-probs with `megatron-bond score` on the Megatron checkpoint;
-5. plot quantile/ref against kl/ref beside the Best-of-N curve, and decode samples before and after.
+5. plot quantile/ref against kl/ref beside the task's exact (tie-aware) Best-of-N curve and the measured
+   Best-of-N points, and decode samples before and after.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def check_export(policy_ckpt: Path, hf_dir: Path, prompts: list[str], out: Path)
     return worst
 
 
-def samples(ckpt: Path, prompts_file: Path, out: Path, tp: int) -> list[dict]:
-    _run(_cli("generate", "--ckpt", ckpt, "--input", prompts_file, "--output", out, "--max-new-tokens", "16",
-              "--seed", "7", "--batch-size", "8"), f"sampling from {ckpt}", quiet=True)
+def samples(ckpt: Path, prompts_file: Path, out: Path, max_new_tokens: int) -> list[dict]:
+    _run(_cli("generate", "--ckpt", ckpt, "--input", prompts_file, "--output", out, "--max-new-tokens",
+              max_new_tokens, "--seed", "7", "--batch-size", "8"), f"sampling from {ckpt}", quiet=True)
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_bond.demo.task import build
 
     info = build(out / "task", policy_steps=args.pretrain_steps, reward_steps=args.pretrain_steps, log=log)
-    log(f"reward model imitates 'count the colour words' with mean absolute error {info['reward_model_mae']:.2f}")
+    log(f"reward model imitates 'colour words per 10 words' with mean absolute error {info['reward_model_mae']:.2f}")
 
     print("[2/5] converting both with tools/convert_hf_to_megatron.py", flush=True)
     for name in ("policy", "reward"):
@@ -115,26 +116,38 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_bond.demo.task import rule
     from megatron_bond.demo.plot import plot_quantile_vs_kl
 
+    from megatron_bond.config import load_config
+
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if r.get("eval")]
+    evals, steps = [r for r in rows if r.get("eval")], [r for r in rows if not r.get("eval")]
+    ref_rewards = [json.loads(line)["rewards_ref"] for line in (train_dir / "samples" / "step-0.jsonl").read_text().splitlines()]
     prompts_file = out / "sample_prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in shown))
-    before = samples(out / "ckpt_policy", prompts_file, out / "samples_before.jsonl", args.tp)
-    after = samples(train_dir / "policy", prompts_file, out / "samples_after.jsonl", args.tp)
-    png = plot_quantile_vs_kl(evals, out / "quantile_vs_kl.png", title=f"J-BOND, demo task (TP={args.tp})",
-                              samples=[(p, b["text"], a["text"]) for p, b, a in zip(shown, before, after)])
+    max_new = load_config(str(ROOT / "recipes" / "demo.yaml"), []).rollout.max_new_tokens
+    before = samples(out / "ckpt_policy", prompts_file, out / "samples_before.jsonl", max_new)
+    after = samples(train_dir / "policy", prompts_file, out / "samples_after.jsonl", max_new)
+    png = plot_quantile_vs_kl(evals, ref_rewards, out / "quantile_vs_kl.png", title=f"J-BOND, demo task (TP={args.tp})",
+                              samples=[(p, b["text"], a["text"]) for p, b, a in zip(shown, before, after)],
+                              caption=f"last step: length/policy {steps[-1]['length/policy']:.1f} tokens, "
+                                      f"rollout/truncated_fraction {steps[-1]['rollout/truncated_fraction']:.3f}")
     lines = ["| prompt | before (π_ref) | after (J-BOND) |", "|---|---|---|"]
     for prompt, b, a in zip(shown, before, after):
         lines.append(f"| {prompt} | {b['text'].strip()} | {a['text'].strip()} |")
-    colours = lambda rs: sum(rule(r["text"]) for r in rs) / len(rs)  # noqa: E731
-    lines.append(f"\nColour words per sample: {colours(before):.2f} before, {colours(after):.2f} after.")
+    share = lambda rs: sum(rule(p + " " + r["text"]) for p, r in zip(shown, rs)) / len(rs)  # noqa: E731
+    ended = lambda rs: sum(r["tokens"][-1:] == [1] for r in rs)  # noqa: E731 (eos id 1)
+    lines.append(f"\nColour words per 10 words (the rule, prompt and response): {share(before):.2f} before, "
+                 f"{share(after):.2f} after; samples that ended with EOS: {ended(before)}/{len(before)} before, "
+                 f"{ended(after)}/{len(after)} after.")
     (out / "samples.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
     first, last = evals[0], evals[-1]
+    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731 (null: below Best-of-1)
     print(f"\ndone in {time.perf_counter() - start:.0f}s: quantile/ref {first['quantile/ref']:.3f} -> "
-          f"{last['quantile/ref']:.3f}, kl/ref {last['kl/ref']:.3f} (Best-of-N at that quantile: "
-          f"{last['kl/bon_at_quantile']:.3f}), reward {first['reward/policy']:.2f} -> {last['reward/policy']:.2f}")
+          f"{last['quantile/ref']:.3f} ± {last['quantile/ref_se']:.3f} (mid-rank {last['quantile/ref_mid']:.3f}), "
+          f"kl/ref {last['kl/ref']:.3f} ± {last['kl/ref_se']:.3f}, {num(last['kl/ratio_to_bon'])}× the task's Best-of-N KL "
+          f"at that quantile (95 % {num(last['kl/ratio_to_bon_lo'])} to {num(last['kl/ratio_to_bon_hi'])}); "
+          f"reward {first['reward/policy']:.2f} -> {last['reward/policy']:.2f}, Best-of-8 of π_ref {first['bon/reward@8']:.2f}")
     print(f"  plot:        {png}\n  samples:     {out / 'samples.md'}\n  metrics:     {train_dir / 'metrics.jsonl'}\n"
           f"  policy:      {train_dir / 'policy'} (Megatron), {out / 'hf_jbond'} (Hugging Face)\n"
           f"  checkpoints: {out / 'ckpt_policy'}, {out / 'ckpt_reward'}", flush=True)

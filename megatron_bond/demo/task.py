@@ -1,6 +1,7 @@
 """The demo's task, built locally and deterministically: a corpus of simple sentences, a SentencePiece
 tokenizer trained on it, a small Gemma policy trained on the corpus (so its samples read like text),
-and a Gemma 2 reward model trained to imitate a readable rule: **the number of colour words**.
+and a Gemma 2 reward model trained to imitate a readable rule: **colour words per 10 words** (a share,
+not a count, so a longer response is not a better one).
 Both are saved as Hugging Face checkpoints, as released Gemma weights would be.
 """
 
@@ -22,8 +23,10 @@ PLACES = ("in the park", "near the sea", "at home", "on the hill", "under the br
 
 
 def rule(text: str) -> float:
-    """The reward the reward model learns: how many colour words the text holds."""
-    return float(sum(word in COLOURS for word in text.replace(".", " ").split()))
+    """The reward the reward model learns: colour words per 10 words of the text (prompt and response).
+    A count would grow with the length; this share does not (×10 keeps the regression targets near 1)."""
+    words = text.replace(".", " ").split()
+    return 10.0 * sum(word in COLOURS for word in words) / max(1, len(words))
 
 
 def sentence(rng: random.Random) -> str:

@@ -28,4 +28,4 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
     evals = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [r["step"] for r in evals] == [0, 3]
     table = (out / "samples.md").read_text()
-    assert table.count("\n|") >= 7 and "Colour words per sample" in table
+    assert table.count("\n|") >= 7 and "Colour words per 10 words" in table and "ended with EOS" in table

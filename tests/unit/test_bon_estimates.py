@@ -83,12 +83,14 @@ def test_empirical_curve_is_the_continuous_formula_without_ties_and_flat_with_th
     k, ns = 8, [1, 2, 4, 16]
     distinct = torch.arange(k, dtype=F64).unsqueeze(0)
     kls, qs = empirical_bon_curve(torch.cat([distinct, torch.ones(1, k, dtype=F64)]), ns)
-    # k atoms, distinct: the BoN of a uniform discrete law puts ((j/k)^N − ((j−1)/k)^N) on the j-th.
+    # k atoms, distinct: the BoN of a uniform discrete law puts ((j/k)^N − ((j−1)/k)^N) on the j-th, whose
+    # quantile against the other k − 1 is (j − 1)/(k − 1): Best-of-1 at 0.5, as quantile/ref at π = π_ref.
     j = torch.arange(1, k + 1, dtype=F64)
     for col, n in enumerate(ns):
         bon = (j / k) ** n - ((j - 1) / k) ** n
         assert kls[0, col].item() == pytest.approx(kl(bon, torch.full((k,), 1 / k, dtype=F64)).item(), abs=1e-12)
-        assert qs[0, col].item() == pytest.approx((bon * j / k).sum().item(), abs=1e-12)
+        assert qs[0, col].item() == pytest.approx((bon * (j - 1) / (k - 1)).sum().item(), abs=1e-12)
+    assert qs[0, 0].item() == pytest.approx(0.5, abs=1e-12)
     assert kls[1].abs().max().item() < 1e-12 and qs[1].tolist() == pytest.approx([1.0] * 4, abs=1e-12)  # all tie
 
 
