@@ -1,7 +1,7 @@
 """Generation speed: megatron-bond's KV-cache sampler against transformers' generate, same model, same run.
 
     python benchmarks/generate.py --batch 16 --prompt-len 64 --new-tokens 128 --json
-    python benchmarks/generate.py --batch 64 --samples-per-prompt 3 --json    # J-BOND's shape, sampled
+    python benchmarks/generate.py --batch 64 --samples-per-prompt 3 --json    # 3 samples a prompt, sampled
 
 Builds a small random Gemma 2 model in transformers (no download), converts it with the real converter,
 then times greedy generation of exactly --new-tokens tokens per row (no stop ids), median of --repeats

@@ -7,7 +7,7 @@ per-row offsets); the cache is filled up to the shortest prompt in one pass, the
 step, where rows still inside their prompt take the prompt's token instead of a sample. Rows stop at a
 stop id or after ``max_new_tokens``. Prompts longer than the model's context are refused.
 With ``n`` samples per prompt, each prompt is prefilled once and its cache forked into its n rows
-(J-BOND draws 3 per prompt, evaluation k + 1).
+(J-BOND's 2 anchor samples of a prompt, evaluation's k reference samples).
 The last pipeline stage samples (identically on its TP ranks: same logits, same seeded generator) and
 broadcasts the tokens to the other stages.
 """

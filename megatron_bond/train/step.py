@@ -80,7 +80,10 @@ def train_step(t: Trainer, step: int) -> dict:
     cut = gather_dp(torch.tensor(truncated(flat_y, cfg.rollout.max_new_tokens, t.stop_ids),
                                   dtype=torch.float64).view(share, n_policy))
     seconds = {k: clock.seconds[k] for k in ("rollout", "scoring", "train")}
-    generated = torch.tensor([float(sum(r.tokens for r in rollout.values()))], dtype=torch.float64)
+    # On the model's device: the data-parallel group is NCCL on GPUs, which takes no host tensors.
+    device = next(t.policy[0].parameters()).device
+    engine = engine.to(device)
+    generated = torch.tensor([float(sum(r.tokens for r in rollout.values()))], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(engine[:3], group=ps.get_data_parallel_group())
     torch.distributed.all_reduce(engine[3:], op=torch.distributed.ReduceOp.MAX, group=ps.get_data_parallel_group())
     torch.distributed.all_reduce(generated, group=ps.get_data_parallel_group())
