@@ -1,18 +1,21 @@
 """Claims (c) and (d) with the trainer (sampled gradients, a learned reward) on the `make demo` task:
 (c) J-BOND's EMA anchor (η = 0.02) against the anchor replaced by the policy every 50 steps; (d) J-BOND
-against REINFORCE (`bond.algorithm=reinforce`, β_RL = 0.01), paired per seed.
+against REINFORCE (`bond.algorithm=reinforce`) at β_RL = 0.01, 0.1 and 0.3, paired per seed. REINFORCE
+settles within tens of steps at a KL set by β_RL (≈ 10, 2.5 and 0.7 here), so 0.1 and 0.3 stop inside
+J-BOND's range and 0.01 far beyond it.
 
     make demo                                                                  # builds the task under runs/demo
     .venv/bin/python benchmarks/trainer_claims.py --claim c --task runs/demo --out docs/results
     .venv/bin/python benchmarks/trainer_claims.py --claim d --task runs/demo --out docs/results
 
 Each run is `megatron-bond train recipes/demo.yaml` at TP=1 (two at a time, one core each) with the demo's
-checkpoints and prompts; seeds 1, 2, 3 (run.seed: samplers, held-out split). Writes
+checkpoints and prompts, evaluated every 5 steps; seeds 1, 2, 3 (run.seed: samplers, held-out split). Writes
 trainer_claim_<c|d>.jsonl (every evaluation row of every run, then one summary line per compared
 quantity: each seed's value, the mean and its 95 % t-interval) and claim_<c|d>_trainer.png.
 (c) compares the front ratio (kl/ref over the task's exact Best-of-N KL where the run first reaches each
-quantile of [0.8, 0.97]); (d) both trajectories where they first reach the smaller of the two runs'
-final kl/ref (the one that went further is interpolated there), J-BOND − REINFORCE, on quantile/ref and
+quantile of [0.8, 0.97]); (d) for each β_RL and seed, the run that ends at the smaller kl/ref at its end
+against the other where its trajectory first reaches that KL (interpolated; `bracket_kl`: the KLs of the
+two evaluations around that point, how finely it was resolved), J-BOND − REINFORCE, on quantile/ref and
 on reward/policy (positive favours J-BOND).
 """
 
@@ -37,8 +40,12 @@ SEEDS = (1, 2, 3)
 CLAIMS = {
     "c": {"EMA anchor, η = 0.02": ["bond.anchor=ema"],
           "anchor swapped every 50 steps": ["bond.anchor=swap", "bond.swap_every=50"]},
-    "d": {"J-BOND": [], "REINFORCE, β_RL = 0.01": ["bond.algorithm=reinforce", "bond.beta_rl=0.01"]},
+    "d": {"J-BOND": [], **{f"REINFORCE, β_RL = {b}": ["bond.algorithm=reinforce", f"bond.beta_rl={b}"]
+                           for b in (0.01, 0.1, 0.3)}},
 }
+# Equal-KL comparisons interpolate between evaluations: every 25 steps, REINFORCE at β_RL = 0.01 jumped from
+# KL 0.6–0.9 to 7–15 between two of them, and the straight line across that jump was the comparison.
+EVAL_EVERY = 5
 KEYS = ("step", "quantile/ref", "quantile/ref_se", "kl/ref", "kl/ref_se", "reward/policy", "kl/ratio_to_bon")
 
 
@@ -46,7 +53,7 @@ def command(task: Path, run_dir: Path, seed: int, overrides: list[str], steps: i
     return [sys.executable, "-m", "megatron_bond.cli", "train", "recipes/demo.yaml", "parallel.tp=1", f"train.steps={steps}",
             f"policy.ckpt={task / 'ckpt_policy'}", f"reward.ckpt={task / 'ckpt_reward'}",
             f"data.path={task / 'task' / 'prompts.jsonl'}", f"run.output_dir={run_dir}", f"run.seed={seed}",
-            "logging.progress=false", "logging.wandb_mode=disabled", *overrides]
+            f"train.eval_every={EVAL_EVERY}", "logging.progress=false", "logging.wandb_mode=disabled", *overrides]
 
 
 def summary(name: str, per_seed: list[float]) -> dict:
@@ -88,7 +95,7 @@ def main() -> None:
     curve = task_bon_curve(ref_rewards)  # (KL, quantile): the same held-out prompts for a seed's runs
     lines = [{"kind": "eval", "variant": name, "seed": seed, **{k: r[k] for k in KEYS}}
              for (name, seed), rows in runs_of.items() for r in rows]
-    first, second = variants
+    first, *others = variants
     if args.claim == "c":
         # A seed's runs share its held-out prompts, so its Best-of-N curve: (quantile, KL) for front_ratio.
         curves = {s: task_bon_curve([json.loads(line)["rewards_ref"] for line in
@@ -97,15 +104,21 @@ def main() -> None:
         for name in variants:
             ratios = [front_ratio(runs_of[name, s], curves[s]) for s in SEEDS]
             lines.append({**summary(f"front ratio: {name}", [r for r, _ in ratios]), "reached": [f for _, f in ratios]})
-        lines.append(summary(f"front ratio: {first} − {second}", [a - b for a, b in zip(lines[-2]["per_seed"], lines[-1]["per_seed"])]))
+        lines.append(summary(f"front ratio: {first} − {others[0]}", [a - b for a, b in zip(lines[-2]["per_seed"], lines[-1]["per_seed"])]))
     else:
-        for key in ("quantile", "reward"):
-            diffs = []
-            for s in SEEDS:  # at the KL both runs reach: the smaller of their final ones
-                kl = min(runs_of[name, s][-1]["kl_ref"] for name in variants)
-                a, b = (at_first(runs_of[name, s], "kl_ref", kl) for name in variants)
-                diffs.append(a[key] - b[key])
-            lines.append(summary(f"{first} − {second}: {key} at the smaller final kl/ref", diffs))
+        for other in others:
+            points, brackets = [], []
+            for s in SEEDS:
+                # The endpoint, not the first reach, of the run that stops first: a REINFORCE settled at its KL
+                # keeps improving its quantile there.
+                stop, go = sorted((first, other), key=lambda name: runs_of[name, s][-1]["kl_ref"])
+                kl, rows = runs_of[stop, s][-1]["kl_ref"], runs_of[go, s]
+                points.append({stop: runs_of[stop, s][-1], go: at_first(rows, "kl_ref", kl)})
+                i = next(i for i, r in enumerate(rows) if r["kl_ref"] >= kl)
+                brackets.append([rows[max(i - 1, 0)]["kl_ref"], rows[i]["kl_ref"]])
+            for key in ("quantile", "reward"):
+                lines.append({**summary(f"{first} − {other}: {key} at the smaller final kl/ref",
+                                        [pt[first][key] - pt[other][key] for pt in points]), "bracket_kl": brackets})
     for name in variants:
         for key in ("quantile", "kl_ref", "reward"):
             lines.append(summary(f"final {key}: {name}", [runs_of[name, s][-1][key] for s in SEEDS]))
@@ -125,12 +138,13 @@ def main() -> None:
         rows = [runs_of[name, s] for s in SEEDS]
         n = min(map(len, rows))
         mean = lambda key, i: sum(r[i][key] for r in rows) / len(rows)  # noqa: E731
-        ax.plot([mean("kl_ref", i) for i in range(n)], [mean("quantile", i) for i in range(n)], marker="o", markersize=3, label=name)
+        ax.plot([mean("kl_ref", i) for i in range(n)], [mean("quantile", i) for i in range(n)], marker="o", markersize=2, lw=1, label=name)
+    ax.set_xscale("symlog", linthresh=1)  # linear to KL 1, logarithmic beyond: REINFORCE at β_RL = 0.01 runs to ≈ 10
     ax.set_xlim(0, 1.15 * max(r["kl_ref"] for rows in runs_of.values() for r in rows))
     ax.set_ylim(0.4, 1.0)
-    ax.set_xlabel("KL(π ‖ π_ref)  (kl/ref)")
+    ax.set_xlabel("KL(π ‖ π_ref)  (kl/ref; linear to 1, logarithmic beyond)")
     ax.set_ylabel("reward quantile against π_ref  (quantile/ref)")
-    ax.set_title(f"({args.claim}) the trainer on the demo task: {first} against {second} (mean of {len(SEEDS)} seeds)", fontsize=8)
+    ax.set_title(f"({args.claim}) the trainer on the demo task (each curve: the mean of {len(SEEDS)} seeds)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
