@@ -107,7 +107,7 @@ def at_first(history: list[dict], key: str, value: float) -> dict | None:
     the two logged points around it), or None if it never does."""
     for i, h in enumerate(history):
         if h[key] >= value:
-            if i == 0 or h[key] == history[i - 1][key]:
+            if i == 0:  # the previous point is below value, so the two differ
                 return dict(h)
             a = history[i - 1]
             w = (value - a[key]) / (h[key] - a[key])

@@ -97,7 +97,7 @@ class NativeEngine:
                 responses += [out.responses[i * n : (i + 1) * n] for i in range(len(group))]
                 logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
         if not n:  # an algorithm that samples nothing from these weights
-            responses = logprobs = [[] for _ in prompts]
+            responses, logprobs = [[] for _ in prompts], [[] for _ in prompts]
         return Rollouts(version, responses, logprobs, time.perf_counter() - start_time)
 
 

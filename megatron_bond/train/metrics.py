@@ -7,11 +7,11 @@ running and the last step's seconds per phase."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from megatron_bond.config import Config, ConfigError
+from megatron_bond.jsonl import strict
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -21,11 +21,7 @@ TABLE_ROWS = 16  # samples per evaluation in the wandb Table (the file has them 
 
 def _plain(value):
     """JSON-able scalars: tensors become floats, and non-finite floats null (JSON has no NaN)."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return strict(value.item() if hasattr(value, "item") else value)
 
 
 class MetricsLog:
