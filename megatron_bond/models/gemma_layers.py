@@ -69,12 +69,14 @@ class GemmaCoreAttention(DotProductAttention):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if attention_mask is not None or attention_bias is not None or packed_seq_params is not None:
-            raise NotImplementedError("Gemma attention builds its own causal / window mask; it takes no "
-                                      "attention mask, attention bias or packed sequences")
+        """``attention_mask``: None, or a bool [b, 1, sq, sk] (True: masked) of keys no query of a row may
+        see (the left padding of a generation batch); the causal and window masks are this layer's own."""
+        if attention_bias is not None or packed_seq_params is not None:
+            raise NotImplementedError("Gemma attention takes no attention bias and no packed sequences")
         sq, b, heads, dim = query.shape  # query [sq, b, heads, dim]; key, value [sk, b, groups, dim]
         if self.window is not None and key.size(0) > sq + self.window - 1:
             key, value = key[-(sq + self.window - 1):], value[-(sq + self.window - 1):]  # keys no query sees
+        masked = None if attention_mask is None else attention_mask[..., -key.size(0):]
         sk, groups = key.size(0), key.size(2)
         q = query.permute(1, 2, 0, 3).reshape(b, groups, -1, dim)
         # Scores, softcap and mask in the model dtype and the softmax in fp32, as HF's eager attention:
@@ -83,8 +85,10 @@ class GemmaCoreAttention(DotProductAttention):
         if self.cap:
             scores = torch.tanh(scores / self.cap) * self.cap
         if sq > 1:  # one query (a decode step) sees every key left after the window cut
-            scores = scores.masked_fill(_causal_mask(sq, sk, self.window, query.device),
-                                        torch.finfo(scores.dtype).min)
+            causal = _causal_mask(sq, sk, self.window, query.device)
+            masked = causal if masked is None else masked | causal
+        if masked is not None:
+            scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         context = torch.matmul(probs.view(b, groups, -1, sk), value.permute(1, 2, 0, 3))
         return context.view(b, heads, sq, dim).permute(2, 0, 1, 3).reshape(sq, b, heads * dim)

@@ -49,15 +49,14 @@ class WeightedLossHead:
 
 @dataclass
 class LastTokenLogitsHead:
-    """The next-token logits of the last position only, gathered over the vocab shards: [b, V_padded]
-    in the model dtype, softcapped as the plain logits path does. What a decode loop samples from: a
-    prefill through the plain path would materialise [b, prompt, V] (78 GiB at Gemma 7B's 256k
-    vocabulary for evaluation's 256 sequences of 512 prompt tokens) to use one position of it."""
+    """The next-token logits of the last position only, of this rank's vocab shard: [b, V_padded / TP] in
+    the model dtype, softcapped as the plain logits path does. What a decode loop samples from (the
+    sampler works on the shards, rollout/sampling.py): a prefill through the plain path would
+    materialise [b, prompt, V] (78 GiB at Gemma 7B's 256k vocabulary for evaluation's 256 sequences of
+    512 prompt tokens) to use one position of it."""
 
     def __call__(self, hidden: Tensor, weight: Tensor, spec: HeadSpec) -> Tensor:
-        from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-        logits = gather_from_tensor_model_parallel_region(hidden[-1] @ weight.T)
+        logits = hidden[-1] @ weight.T
         return torch.tanh_(logits / spec.softcap) * spec.softcap if spec.softcap else logits
 
 

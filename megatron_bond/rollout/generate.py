@@ -1,15 +1,16 @@
 """Batched generation from a Megatron model (policy, anchor, any converted checkpoint) under TP and PP,
 with megatron-core's static KV cache.
 
-Prompts of different lengths share a batch the way Megatron's static engine does it: every row's
-tokens sit at their true positions (no padding inside a sequence, so RoPE and the causal mask need no
-per-row offsets); the cache is filled up to the shortest prompt in one pass, then one position per
-step, where rows still inside their prompt take the prompt's token instead of a sample. Rows stop at a
-stop id or after ``max_new_tokens``. Prompts longer than the model's context are refused.
-With ``n`` samples per prompt, each prompt is prefilled once and its cache forked into its n rows
-(J-BOND's 2 anchor samples of a prompt, evaluation's k reference samples).
-The last pipeline stage samples (identically on its TP ranks: same logits, same seeded generator) and
-broadcasts the tokens to the other stages.
+Prompts of different lengths share a batch left-padded to the longest: row r's prompt fills the slots
+just before the first generated one and no query sees a row's padding (a key mask), so the whole batch
+is prefilled in one pass and every decode step writes one slot for all rows. The slots serve as
+positions: RoPE sees only query-key distances, which a row's shift by its padding does not change. Rows stop at a stop id or after ``max_new_tokens``. Prompts
+longer than the model's context are refused. With ``n`` samples per prompt, each prompt is prefilled
+once and its cache forked into its n rows (J-BOND's 2 anchor samples of a prompt, evaluation's k
+reference samples).
+The last pipeline stage samples from its TP ranks' vocab shards (rollout/sampling.py: keyed Gumbel-max,
+one small all-gather per step, the same tokens on every TP rank) and broadcasts the tokens to the other
+stages.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import torch
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import check_token_ids
 from megatron_bond.models.heads import LastTokenLogitsHead
-from megatron_bond.rollout.sampling import SamplingParams, sample
-from megatron_bond.runtime.batch import right_pad
-from megatron_bond.runtime.megatron_compat import advance_static_context
+from megatron_bond.rollout.sampling import SamplingParams, Shard, sample
+from megatron_bond.runtime.megatron_compat import LeftPaddedContext, advance_static_context
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
 
 
@@ -49,79 +49,93 @@ def generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int,
         return _generate(chunks, cfg, prompts, max_new_tokens, params, seed, stop_ids, n)
 
 
-def fork_cache(context, n: int) -> None:
-    """Each cached row becomes n consecutive rows (the prefix of a prompt's n samples), on every layer
-    this stage holds; the context then serves n times the batch."""
-    for layer, (key, value) in context.key_value_memory_dict.items():
-        context.key_value_memory_dict[layer] = (key.repeat_interleave(n, dim=1), value.repeat_interleave(n, dim=1))
-    context.max_batch_size *= n
-
-
 def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
               seed: int, stop_ids: tuple[int, ...], n: int) -> Rollout:
-    from megatron.core.inference.contexts import StaticInferenceContext
+    from megatron.core import parallel_state as ps
 
     if not prompts:
         raise ConfigError("no prompts to generate from")
     for i, prompt in enumerate(prompts):
         check_token_ids(prompt, cfg.model.vocab_size, f"prompt {i}")
     device = next(chunks[0].parameters()).device
-    unique = len(prompts)
-    prompts = [p for p in prompts for _ in range(n)]
-    b = len(prompts)
-    plen = torch.tensor([len(p) for p in prompts], device=device)
-    total = int(plen.max()) + max_new_tokens
-    check_context(int(plen.max()), max_new_tokens, cfg.model.max_seq_length, "prompt")
-    buf = right_pad(prompts, total, cfg.model.pad_token_id, device)
-    logp_buf = torch.zeros(b, total, device=device)
+    width = max(len(p) for p in prompts)  # the slot of every row's first generated token
+    check_context(width, max_new_tokens, cfg.model.max_seq_length, "prompt")
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)  # int64, per unique prompt
+    ragged = bool(pad.any())
+    if ragged:
+        check_padding_mask(cfg)
+    total = width + max_new_tokens
+    b = len(prompts) * n
+    buf = torch.full((len(prompts), total), cfg.model.pad_token_id, dtype=torch.long, device=device)
+    for i, prompt in enumerate(prompts):
+        buf[i, width - len(prompt) : width] = torch.tensor(prompt, device=device)
+    logp_buf = torch.zeros(b, max_new_tokens, device=device)  # fp32: the sampler's log-probs
     stops = torch.tensor(sorted(stop_ids) or [-1], device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    context = StaticInferenceContext(unique, total)
-
+    context = LeftPaddedContext(pad, total)
     head = LastTokenLogitsHead()
 
     def logits_at(rows: torch.Tensor, start: int, end: int):
-        positions = torch.arange(start, end, device=device).expand(len(rows), end - start)
+        slots = torch.arange(start, end, device=device)
+        positions = slots.expand(len(rows), end - start)
+        mask = None
+        if ragged:  # keys a query may not see, [rows, 1, sq, end] bool: the row's padding and later slots
+            keys = torch.arange(end, device=device)
+            mask = ((keys < context.pad.view(-1, 1, 1)) | (keys > slots.view(1, -1, 1))).unsqueeze(1)
         out = forward_once(
             chunks,
-            # runtime_gather_output: megatron-core asserts it in inference mode (the head gathers itself)
-            lambda model: model(rows[:, start:end], positions, None, inference_context=context,
+            # runtime_gather_output: megatron-core asserts it in inference mode (the head returns its shard)
+            lambda model: model(rows[:, start:end], positions, mask, inference_context=context,
                                 runtime_gather_output=True, head=head),
             end - start, len(rows),
         )
         advance_static_context(context, end - start)
-        return None if out is None else out[:, : cfg.model.vocab_size]
+        return out
+
+    def shard(logits) -> Shard:
+        return Shard(ps.get_tensor_model_parallel_rank() * logits.shape[-1], cfg.model.vocab_size,
+                     ps.get_tensor_model_parallel_group())
 
     for chunk in chunks:
         chunk.eval()
     done = torch.zeros(b, dtype=torch.bool, device=device)
     produced = torch.zeros(b, dtype=torch.long, device=device)
     with torch.inference_mode():
-        # The common prefix once per prompt (rows 0, n, 2n, … of buf), then forked into its n rows.
-        logits = logits_at(buf[::n], 0, int(plen.min()))
+        # Every prompt once, in one pass, then its cache forked into its n rows.
+        logits = logits_at(buf, 0, width)
         if n > 1:
-            fork_cache(context, n)
+            context.fork(n)
+            buf = buf.repeat_interleave(n, dim=0)
             logits = None if logits is None else logits.repeat_interleave(n, dim=0)
-        for t in range(int(plen.min()), total):
+        for t in range(width, total):
             picked = None
             if logits is not None:
-                tok, lp = sample(logits, params, gen)
+                tok, lp = sample(logits, params, seed, t, shard(logits))
                 picked = torch.stack([tok.float(), lp])
             tok, lp = broadcast_from_last_stage(picked, (2, b))
             tok = tok.long()
-            in_prompt = t < plen
-            active = ~done & ~in_prompt
-            buf[:, t] = torch.where(in_prompt, buf[:, t], torch.where(active, tok, cfg.model.pad_token_id))
-            logp_buf[:, t] = torch.where(active, lp, 0.0)
+            active = ~done
+            buf[:, t] = torch.where(active, tok, cfg.model.pad_token_id)
+            logp_buf[:, t - width] = torch.where(active, lp, 0.0)
             produced += active.long()
-            done |= active & (torch.isin(tok, stops) | (produced >= max_new_tokens))
-            if bool(done.all()) or t == total - 1:
+            done |= torch.isin(tok, stops) | (produced >= max_new_tokens)
+            if bool(done.all()):
                 break
             logits = logits_at(buf, t, t + 1)
-    n = produced.tolist()
-    lengths = plen.tolist()
+    counts = produced.tolist()
+    rows = [p for p in prompts for _ in range(n)]
     return Rollout(
-        prompts=[list(p) for p in prompts],
-        responses=[buf[i, lengths[i] : lengths[i] + n[i]].tolist() for i in range(b)],
-        logprobs=[logp_buf[i, lengths[i] : lengths[i] + n[i]].tolist() for i in range(b)],
+        prompts=[list(p) for p in rows],
+        responses=[buf[i, width : width + counts[i]].tolist() for i in range(b)],
+        logprobs=[logp_buf[i, : counts[i]].tolist() for i in range(b)],
     )
+
+
+def check_padding_mask(cfg: Config) -> None:
+    """The gpt family runs megatron-core's attention, whose fused kernels (Transformer Engine's, and the
+    masked-softmax fusion on GPU) apply their own causal mask in place of a given one; Gemma's attention
+    (models/gemma_layers.py) takes the padding mask everywhere."""
+    from megatron_bond.models.spec import use_transformer_engine
+
+    if cfg.model.family == "gpt" and (use_transformer_engine(cfg) or torch.cuda.is_available()):
+        raise ConfigError("generation from prompts of different lengths: the gpt family's megatron-core attention "
+                          "drops padding masks on GPU; use one prompt length, or a Gemma family")

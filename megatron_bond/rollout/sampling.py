@@ -1,4 +1,12 @@
-"""Token sampling from full-vocabulary logits: temperature, top-k, top-p (nucleus), greedy.
+"""Token sampling from vocab-parallel logits: temperature, top-k, top-p (nucleus), greedy.
+
+Each tensor-parallel rank holds the logits of its vocabulary shard; no rank gathers [b, V] except for
+top-p (a nucleus needs the whole sorted distribution). A sample is the Gumbel-max of the filtered
+logits / T, exact for the softmax at any temperature, with noise keyed on (seed, row, position, global
+token id) by a counter-based hash: the same token wins whichever shard holds it, so TP=1 and TP=2 draw
+the same tokens from the same logits, and a row's draws do not depend on the rows beside it. Each rank
+sends one [b, 5] summary of its shard (best score, its token id and logit, the shard's max and sum of
+exp) in one all-gather and every rank combines them identically.
 
 The log-prob reported for a sampled token is log softmax(logits / temperature) at that token, before
 top-k / top-p filtering: at temperature 1 it is exactly the model's log π(y_t) that the scorer and the
@@ -13,6 +21,8 @@ import torch
 from torch import Tensor
 
 from megatron_bond.config import ConfigError
+
+MASK32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,46 @@ class SamplingParams:
             raise ConfigError("top_k must be >= 0")
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which part of the vocabulary a rank's logits cover, and the group that holds the rest (None: one
+    rank holds all of it). Ids at or past ``vocab_size`` are the padded vocabulary and never drawn."""
+
+    start: int = 0
+    vocab_size: int | None = None
+    group: object = None
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x · c) mod 2³² for int64 x < 2³², without int64 overflow (c split into 16-bit halves)."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & MASK32
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """A 32-bit integer mix with full avalanche (the "lowbias32" constants), on int64 tensors < 2³²."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed: int, rows: Tensor, position: int, token_ids: Tensor) -> Tensor:
+    """Standard Gumbel noise [len(rows), len(token_ids)] in fp64, a pure function of (seed, row, position,
+    token id). The uniform has 53 bits from two hashes: with 32, the discretisation alone would move up
+    to V·2⁻³² of probability at a 256k vocabulary."""
+    key = torch.tensor(seed & MASK32, dtype=torch.int64, device=rows.device)
+    for part in ((seed >> 32) & MASK32, position & MASK32):
+        key = _hash32(key ^ part)
+    row_key = _hash32(key ^ rows.long().unsqueeze(-1))
+    h1 = _hash32(row_key ^ token_ids.long().unsqueeze(0))
+    h2 = _hash32(h1 ^ 0x9E3779B9)
+    u = (((h1 << 21) | (h2 >> 11)).double() + 0.5) * 2.0**-53  # in (0, 1), 53 bits
+    return -torch.log(-torch.log(u))
+
+
 def filtered_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     """logits / T with everything outside the top-k and the top-p nucleus set to −inf: [b, V] fp32."""
     z = logits.float() / params.temperature
@@ -45,13 +95,48 @@ def filtered_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return z
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """(token ids [b], their log-probs [b] under softmax(logits / T))."""
+def _all_gather(x: Tensor, group) -> Tensor:
+    """[ranks, *x.shape]: every rank's x, in rank order."""
+    size = torch.distributed.get_world_size(group)
+    out = [torch.empty_like(x) for _ in range(size)]
+    torch.distributed.all_gather(out, x.contiguous(), group=group)
+    return torch.stack(out)
+
+
+def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
+           shard: Shard = Shard()) -> tuple[Tensor, Tensor]:
+    """(token ids [b], their log-probs [b] under softmax(logits / T)) from this rank's shard of the logits
+    [b, V_shard]; rows are numbered 0 … b − 1 for the noise, and every rank of the group returns the same."""
+    group = shard.group if shard.group is not None and torch.distributed.get_world_size(shard.group) > 1 else None
+    if params.top_p < 1.0 and group is not None:  # the nucleus needs the whole distribution: gather it once
+        full = _all_gather(logits, group)
+        return sample(torch.cat(list(full), dim=-1), params, seed, position, Shard(0, shard.vocab_size))
+    b, width = logits.shape
+    ids = torch.arange(shard.start, shard.start + width, device=logits.device)
+    # fp32 logits / T (greedy: T = 1, its log-prob is the policy's); the padded vocabulary never wins.
+    z = logits.float() / (1.0 if params.greedy else params.temperature)
+    if shard.vocab_size is not None:
+        z = z.masked_fill(ids >= shard.vocab_size, float("-inf"))
     if params.greedy:
-        tokens = logits.max(dim=-1).indices  # the first maximum, as argmax, and faster on CPU
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        score = z.double()
     else:
-        z = filtered_logits(logits, params)
-        tokens = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).squeeze(-1)
-        logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        kept = z
+        if params.top_k:  # the k-th largest of all shards' local top-k
+            local = torch.topk(z, min(params.top_k, width), dim=-1).values
+            top = local if group is None else torch.cat(list(_all_gather(local, group)), dim=-1)
+            kth = torch.topk(top, min(params.top_k, top.shape[-1]), dim=-1).values[..., -1:]
+            kept = z.masked_fill(z < kth, float("-inf"))
+        kept = filtered_logits(kept, SamplingParams(top_p=params.top_p)) if params.top_p < 1.0 else kept
+        score = kept.double() + gumbel_noise(seed, torch.arange(b, device=z.device), position, ids)
+    best, at = score.max(dim=-1)  # the first maximum, as argmax
+    local_max = z.max(dim=-1).values  # −inf on a shard of padding only: shift its (empty) sum by 0 instead
+    shift = torch.where(local_max.isfinite(), local_max, torch.zeros_like(local_max))
+    summary = torch.stack([best, (ids[at]).double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
+                           local_max.double(), torch.exp(z - shift.unsqueeze(-1)).sum(-1).double()], dim=-1)
+    summary = summary.unsqueeze(0) if group is None else _all_gather(summary, group)  # [ranks, b, 5] fp64
+    winner = summary[..., 0].max(dim=0).indices  # ties: the lowest shard, i.e. the lowest token id
+    pick = summary.gather(0, winner.view(1, b, 1).expand(1, b, 5)).squeeze(0)
+    top = summary[..., 3].max(dim=0).values  # the global max; each shard's sum was taken about its own
+    shifts = torch.where(summary[..., 3].isfinite(), summary[..., 3], torch.zeros_like(top))
+    log_norm = top + torch.log((summary[..., 4] * torch.exp(shifts - top)).sum(0))
+    return pick[:, 1].long(), (pick[:, 2] - log_norm).float()

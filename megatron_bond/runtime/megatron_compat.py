@@ -9,7 +9,8 @@ was not checked against; its patches are CPU-only and stay there.)
 - ``PostprocessHookGPTModel``: GPTModel's last-stage ``_postprocess``, as a public ``postprocess`` hook.
 - ``RotatedCacheSelfAttention``: ``SelfAttention._adjust_key_value_for_inference`` and its 6-tuple:
   the static KV cache holds keys already rotated.
-- ``advance_static_context``: ``StaticInferenceContext.sequence_len_offset``.
+- ``LeftPaddedContext`` / ``advance_static_context``: ``StaticInferenceContext`` and its
+  ``sequence_len_offset``, ``max_batch_size`` and ``key_value_memory_dict``.
 - ``optimizer_masters``: the optimizers' fp32 master groups and the distributed optimizer's
   ``_get_model_param_range_map``.
 - ``prime_adam_state``: torch Adam's per-parameter state entries.
@@ -24,6 +25,7 @@ import warnings
 from importlib.metadata import version
 
 import torch
+from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.attention import SelfAttention
@@ -79,6 +81,25 @@ class RotatedCacheSelfAttention(SelfAttention):
         query, key, value, _, mask_type, block_table = super()._adjust_key_value_for_inference(
             inference_context, query, key, value, None, *args, **kwargs)
         return query, key, value, None, mask_type, block_table
+
+
+class LeftPaddedContext(StaticInferenceContext):
+    """A static KV cache whose rows are left-padded to one length: the first pad[r] slots of row r
+    (``pad`` [rows], int64) are padding, which the caller's attention mask hides. Slots serve as
+    positions: RoPE depends only on the distance between a query and a key, which a row's shift by its
+    padding leaves unchanged (sliding windows too, in slots)."""
+
+    def __init__(self, pad: Tensor, max_sequence_length: int):
+        super().__init__(len(pad), max_sequence_length)
+        self.pad = pad
+
+    def fork(self, n: int) -> None:
+        """Each cached row becomes n consecutive rows (the prefix of a prompt's n samples), on every
+        layer this stage holds; the context then serves n times the batch."""
+        for layer, (key, value) in self.key_value_memory_dict.items():
+            self.key_value_memory_dict[layer] = (key.repeat_interleave(n, dim=1), value.repeat_interleave(n, dim=1))
+        self.pad = self.pad.repeat_interleave(n)
+        self.max_batch_size *= n
 
 
 def advance_static_context(context, tokens: int) -> None:
