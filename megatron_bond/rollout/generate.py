@@ -8,7 +8,8 @@ positions: RoPE sees only query-key distances, which a row's shift by its paddin
 longer than the model's context are refused. With ``n`` samples per prompt, each prompt is prefilled
 once and its cache forked into its n rows (J-BOND's 2 anchor samples of a prompt, evaluation's k
 reference samples).
-The last pipeline stage samples from its TP ranks' vocab shards (rollout/sampling.py: keyed Gumbel-max,
+Under PP each forward (the prefill, every decode step) runs in pipeline microbatches of rows, each on its
+rows of the cache, so the stages overlap. The last pipeline stage samples from its TP ranks' vocab shards (rollout/sampling.py: keyed Gumbel-max,
 one small all-gather per step, the same tokens on every TP rank) and broadcasts the tokens to the other
 stages.
 """
@@ -24,7 +25,7 @@ from megatron_bond.jsonl import check_token_ids
 from megatron_bond.models.heads import LastTokenLogitsHead
 from megatron_bond.rollout.sampling import SamplingParams, Shard, sample
 from megatron_bond.runtime.megatron_compat import LeftPaddedContext, advance_static_context
-from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_once
+from megatron_bond.runtime.pipeline import broadcast_from_last_stage, forward_microbatches
 
 
 @dataclass
@@ -81,13 +82,13 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
         if ragged:  # keys a query may not see, [rows, 1, sq, end] bool: the row's padding and later slots
             keys = torch.arange(end, device=device)
             mask = ((keys < context.pad.view(-1, 1, 1)) | (keys > slots.view(1, -1, 1))).unsqueeze(1)
-        out = forward_once(
-            chunks,
+        def forward(model, part: slice):
+            context.batch_size_offset = part.start  # the cache rows of this pipeline microbatch
             # runtime_gather_output: megatron-core asserts it in inference mode (the head returns its shard)
-            lambda model: model(rows[:, start:end], positions, mask, inference_context=context,
-                                runtime_gather_output=True, head=head),
-            end - start, len(rows),
-        )
+            return model(rows[part, start:end], positions[part], None if mask is None else mask[part],
+                         inference_context=context, runtime_gather_output=True, head=head)
+
+        out = forward_microbatches(chunks, forward, len(rows), end - start)
         advance_static_context(context, end - start)
         return out
 
