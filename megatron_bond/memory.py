@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
+from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
 from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
 
@@ -204,8 +205,11 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     microbatches = algo.trained_per_prompt * cfg.train.global_batch_size // dp // p.micro_batch_size
     vocab = m.padded_vocab_size()
 
-    def next_token_logits(batch: int) -> float:  # the last position's, gathered, and this rank's shard
-        return batch * vocab * w * (1 + 1 / tp)
+    def next_token_logits(batch: int) -> float:
+        """The last position's logits of this rank's vocab shard, their fp32 copies (/ T, the padded ids
+        masked) and the sampler's working set on one block of rows (rollout/sampling.py)."""
+        shard = batch * vocab / tp
+        return shard * (w + 8) + min(shard, BLOCK_ELEMENTS) * SAMPLER_BYTES_PER_LOGIT
 
     def stage(s: int) -> Plan:
         n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
@@ -230,7 +234,7 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         }
         phases = {
             "rollout": {f"KV cache, {rollout_batch} sequences": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
-                        "next-token logits (gathered vocabulary)": next_token_logits(rollout_batch) if last else 0,
+                        "next-token logits (vocab shard) and sampling": next_token_logits(rollout_batch) if last else 0,
                         "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch)},
             "scoring": {"one layer's intermediates, no grad": scoring_layer,
                         "reward model: one layer's intermediates": no_grad_layer_bytes(
@@ -243,7 +247,7 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                       "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
             # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
-                     "next-token logits (gathered vocabulary)": next_token_logits(eval_batch) if last else 0,
+                     "next-token logits (vocab shard) and sampling": next_token_logits(eval_batch) if last else 0,
                      "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, eval_batch)},
             # Under the distributed optimizer the anchor's shards are assembled into whole fp32 tensors and
             # flattened for the all-reduce: two fp32 copies. dist_checkpointing loads into the template's

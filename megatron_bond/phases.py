@@ -40,6 +40,18 @@ class PhaseClock:
             self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), torch.cuda.max_memory_allocated())
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
+    @contextmanager
+    def span(self, name: str):
+        """Seconds of a part of a phase (``time/<name>`` in the step's row): synchronised on CUDA like a
+        phase, but no memory peak of its own (the phase's peak covers it)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
     def take(self) -> dict[str, float]:
         """``mem/peak_gib/<phase>`` for the phases since the last call (CUDA only; nothing on CPU), then
         forget them; a checkpoint's phases show in the next row."""

@@ -44,6 +44,8 @@ class Rollouts:
     responses: list[list[list[int]]]  # [prompt][sample] tokens, the stop token included where one was sampled
     logprobs: list[list[list[float]]]  # the sampler's log-prob of each token (rollout/sampling.py's definition)
     seconds: float
+    computed: int = 0  # token positions the engine's forwards computed, and the non-padding ones of them
+    useful: int = 0
 
     @property
     def tokens(self) -> int:
@@ -88,7 +90,7 @@ class NativeEngine:
             raise StaleRollout(f"the engine has no {role} weights: refit it first")
         chunks, version = self.weights[role]
         start_time = time.perf_counter()
-        responses, logprobs = [], []
+        responses, logprobs, computed, useful = [], [], 0, 0
         with torch.no_grad():
             for start in range(0, len(prompts) if n else 0, self.batch_size):
                 group = prompts[start : start + self.batch_size]
@@ -96,9 +98,10 @@ class NativeEngine:
                                derived_seed(*seed_parts, first_index + start), self.stop_ids, n=n)
                 responses += [out.responses[i * n : (i + 1) * n] for i in range(len(group))]
                 logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
+                computed, useful = computed + out.computed, useful + out.useful
         if not n:  # an algorithm that samples nothing from these weights
             responses, logprobs = [[] for _ in prompts], [[] for _ in prompts]
-        return Rollouts(version, responses, logprobs, time.perf_counter() - start_time)
+        return Rollouts(version, responses, logprobs, time.perf_counter() - start_time, computed, useful)
 
 
 ENGINES = {NativeEngine.name: NativeEngine}

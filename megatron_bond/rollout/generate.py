@@ -33,6 +33,11 @@ class Rollout:
     prompts: list[list[int]]
     responses: list[list[int]]  # generated tokens, the stop token included when one was sampled
     logprobs: list[list[float]]  # the sampler's log-prob of each response token (see sampling.py)
+    # Token positions the forwards computed, and those of them that were not padding (a prompt's tokens
+    # once, each response token but the last): the left padding of the prefill and the rows that
+    # stopped while others went on make up the difference.
+    computed: int
+    useful: int
 
 
 def check_context(prompt_len: int, max_new_tokens: int, max_seq_length: int, where: str) -> None:
@@ -107,7 +112,9 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
             context.fork(n)
             buf = buf.repeat_interleave(n, dim=0)
             logits = None if logits is None else logits.repeat_interleave(n, dim=0)
+        steps = 0
         for t in range(width, total):
+            steps += 1
             picked = None
             if logits is not None:
                 tok, lp = sample(logits, params, seed, t, shard(logits))
@@ -128,6 +135,8 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
         prompts=[list(p) for p in rows],
         responses=[buf[i, width : width + counts[i]].tolist() for i in range(b)],
         logprobs=[logp_buf[i, : counts[i]].tolist() for i in range(b)],
+        computed=len(prompts) * width + b * (steps - 1),
+        useful=sum(len(p) for p in prompts) + sum(max(c - 1, 0) for c in counts),
     )
 
 

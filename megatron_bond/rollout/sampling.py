@@ -23,6 +23,12 @@ from torch import Tensor
 from megatron_bond.config import ConfigError
 
 MASK32 = 0xFFFFFFFF
+# Rows are sampled in blocks of about this many logits: a block's fp32 copies, int64 hashes and fp64
+# uniforms and scores peak at about 64 bytes per logit (measured 60–64 on CPU; tests/unit/test_sampling.py
+# holds it under SAMPLER_BYTES_PER_LOGIT), so sampling needs ≤ 2²² × 72 B = 288 MiB beyond the logits
+# whatever the batch (the memory planner counts it).
+BLOCK_ELEMENTS = 2**22
+SAMPLER_BYTES_PER_LOGIT = 72
 
 
 @dataclass(frozen=True)
@@ -117,22 +123,14 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
     z = logits.float() / (1.0 if params.greedy else params.temperature)
     if shard.vocab_size is not None:
         z = z.masked_fill(ids >= shard.vocab_size, float("-inf"))
-    if params.greedy:
-        score = z.double()
-    else:
-        kept = z
-        if params.top_k:  # the k-th largest of all shards' local top-k
-            local = torch.topk(z, min(params.top_k, width), dim=-1).values
-            top = local if group is None else torch.cat(list(_all_gather(local, group)), dim=-1)
-            kth = torch.topk(top, min(params.top_k, top.shape[-1]), dim=-1).values[..., -1:]
-            kept = z.masked_fill(z < kth, float("-inf"))
-        kept = filtered_logits(kept, SamplingParams(top_p=params.top_p)) if params.top_p < 1.0 else kept
-        score = kept.double() + gumbel_noise(seed, torch.arange(b, device=z.device), position, ids)
-    best, at = score.max(dim=-1)  # the first maximum, as argmax
-    local_max = z.max(dim=-1).values  # −inf on a shard of padding only: shift its (empty) sum by 0 instead
-    shift = torch.where(local_max.isfinite(), local_max, torch.zeros_like(local_max))
-    summary = torch.stack([best, (ids[at]).double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
-                           local_max.double(), torch.exp(z - shift.unsqueeze(-1)).sum(-1).double()], dim=-1)
+    kth = None
+    if params.top_k and not params.greedy:  # the k-th largest of all shards' local top-k: [b, 1]
+        local = torch.topk(z, min(params.top_k, width), dim=-1).values
+        top = local if group is None else torch.cat(list(_all_gather(local, group)), dim=-1)
+        kth = torch.topk(top, min(params.top_k, top.shape[-1]), dim=-1).values[..., -1:]
+    rows = max(1, BLOCK_ELEMENTS // width)
+    summary = torch.cat([_summary(z[i : i + rows], i, ids, params, seed, position, None if kth is None else kth[i : i + rows])
+                         for i in range(0, b, rows)])
     summary = summary.unsqueeze(0) if group is None else _all_gather(summary, group)  # [ranks, b, 5] fp64
     winner = summary[..., 0].max(dim=0).indices  # ties: the lowest shard, i.e. the lowest token id
     pick = summary.gather(0, winner.view(1, b, 1).expand(1, b, 5)).squeeze(0)
@@ -140,3 +138,22 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
     shifts = torch.where(summary[..., 3].isfinite(), summary[..., 3], torch.zeros_like(top))
     log_norm = top + torch.log((summary[..., 4] * torch.exp(shifts - top)).sum(0))
     return pick[:, 1].long(), (pick[:, 2] - log_norm).float()
+
+
+def _summary(z: Tensor, first_row: int, ids: Tensor, params: SamplingParams, seed: int, position: int,
+             kth: Tensor | None) -> Tensor:
+    """A block of rows of this shard, [rows, 5] fp64: the best score (greedy: the logit; else the filtered
+    logit / T plus its Gumbel noise, fp64 so that the noise's 53 bits count), its global token id, its
+    logit / T, the shard's max logit / T and Σ exp about that max."""
+    if params.greedy:
+        score = z.double()
+    else:
+        kept = z if kth is None else z.masked_fill(z < kth, float("-inf"))
+        kept = filtered_logits(kept, SamplingParams(top_p=params.top_p)) if params.top_p < 1.0 else kept
+        rows = torch.arange(first_row, first_row + len(z), device=z.device)
+        score = kept.double() + gumbel_noise(seed, rows, position, ids)
+    best, at = score.max(dim=-1)  # the first maximum, as argmax
+    local_max = z.max(dim=-1).values  # −inf on a shard of padding only: shift its (empty) sum by 0 instead
+    shift = torch.where(local_max.isfinite(), local_max, torch.zeros_like(local_max))
+    return torch.stack([best, ids[at].double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
+                        local_max.double(), torch.exp(z - shift.unsqueeze(-1)).sum(-1).double()], dim=-1)

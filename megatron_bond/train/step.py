@@ -46,15 +46,17 @@ def train_step(t: Trainer, step: int) -> dict:
         # 2. Rewards r(y), r(y'_j).
         flat_prompts = [p for p in prompts for _ in range(n_policy)]
         flat_y = [r for rs in y for r in rs]
-        r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
-        r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
-                            [r for rs in y_anchor for r in rs]).view(share, n_anchor)
+        with clock.span("reward"):
+            r_policy = t.reward(flat_prompts, flat_y).view(share, n_policy)
+            r_anchor = t.reward([p for p in prompts for _ in range(n_anchor)],
+                                [r for rs in y_anchor for r in rs]).view(share, n_anchor)
 
         # 3. log π_t(y) and log π_anchor(y), re-scored through the fused head (not the sampler's, which are only
         #    compared with them).
-        token_logp = response_token_logprobs(t.policy, cfg, flat_prompts, flat_y)
-        logp = sequence_logprobs(token_logp).view(share, n_policy)
-        logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
+        with clock.span("logprobs"):
+            token_logp = response_token_logprobs(t.policy, cfg, flat_prompts, flat_y)
+            logp = sequence_logprobs(token_logp).view(share, n_policy)
+            logp_anchor = response_logprobs(t.anchor.chunks, cfg, flat_prompts, flat_y).view(share, n_policy)
         engine = mismatch([lp for lps in rollout["policy"].logprobs for lp in lps], token_logp)
 
     with clock.phase("train"):
@@ -67,13 +69,15 @@ def train_step(t: Trainer, step: int) -> dict:
         train_prompts = [p for p in prompts for _ in range(algo.trained_per_prompt)]
 
         # 5. One optimizer step: Σ_t w_t·log π(y_t) through the fused training head, in Megatron's schedule.
-        loss, update, tokens = _optimizer_step(t, train_prompts, train_y, coef.flatten())
+        with clock.span("update"):
+            loss, update, (tokens, positions) = _optimizer_step(t, train_prompts, train_y, coef.flatten())
         t.skips.record(update.applied)
 
         # 6. The anchor follows the policy (EMA in fp32, a swap every M steps, or not at all); not after a
         #    skipped update (nothing moved).
-        if update.applied:
-            t.anchor.follow_(cfg.bond, step)
+        with clock.span("anchor_update"):
+            if update.applied:
+                t.anchor.follow_(cfg.bond, step)
 
     # 7. Metrics of the global batch.
     lengths = gather_dp(torch.tensor([[len(r)] for r in flat_y], dtype=torch.float64).view(share, n_policy))
@@ -83,7 +87,9 @@ def train_step(t: Trainer, step: int) -> dict:
     # On the model's device: the data-parallel group is NCCL on GPUs, which takes no host tensors.
     device = next(t.policy[0].parameters()).device
     engine = engine.to(device)
-    generated = torch.tensor([float(sum(r.tokens for r in rollout.values()))], dtype=torch.float64, device=device)
+    # Generated tokens, and the engine's computed and non-padding token positions (fp64: exact counts).
+    generated = torch.tensor([float(sum(getattr(r, k) for r in rollout.values())) for k in ("tokens", "computed", "useful")],
+                             dtype=torch.float64, device=device)
     torch.distributed.all_reduce(engine[:3], group=ps.get_data_parallel_group())
     torch.distributed.all_reduce(engine[3:], op=torch.distributed.ReduceOp.MAX, group=ps.get_data_parallel_group())
     torch.distributed.all_reduce(generated, group=ps.get_data_parallel_group())
@@ -99,10 +105,13 @@ def train_step(t: Trainer, step: int) -> dict:
         # The engine's log-probs against the trainer's on the policy samples (mean over tokens).
         "rollout/engine_kl": (engine[0] / engine[2]).item(), "rollout/engine_kl_k3": (engine[1] / engine[2]).item(),
         "rollout/engine_max_abs_logprob_diff": engine[3].item(),
-        "rollout/tokens_per_s": generated.item() / seconds["rollout"],
+        "rollout/tokens_per_s": generated[0].item() / seconds["rollout"],
+        "rollout/padding_share": 1 - (generated[2] / generated[1]).item() if generated[1] else None,
+        "train/padding_share": 1 - tokens / positions,
         "time/rollout": seconds["rollout"], "time/score": seconds["scoring"], "time/train": seconds["train"],
         "time/refit": refit_s, "time/rollout_policy": rollout["policy"].seconds,
         "time/rollout_anchor": rollout["anchor"].seconds,
+        **{f"time/{k}": clock.seconds[k] for k in ("reward", "logprobs", "update", "anchor_update")},
         "tokens_per_s": tokens / sum(seconds.values()),
         **clock.take(),
     }
@@ -111,7 +120,7 @@ def train_step(t: Trainer, step: int) -> dict:
 def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor):
     """Forward and backward of Σ_t w_t·log π(y_t) over this rank's sequences, then the update (skipped,
     with the scheduler, when the gradient is non-finite anywhere). Returns (loss of the global batch,
-    the update, tokens trained)."""
+    the update, (tokens trained, token positions computed: the padding included))."""
     cfg = t.cfg
     device = next(t.policy[0].parameters()).device
     rows = [p + r for p, r in zip(prompts, responses)]
@@ -122,9 +131,9 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], width - 1)
     loss = _forward_backward(t, tokens, weights.to(device))
     update = apply_update(t.optimizer, t.scheduler, cfg.optimizer.clip_grad)
-    trained = torch.tensor([float(sum(len(r) for r in rows))], device=device)
+    trained = torch.tensor([float(sum(len(r) for r in rows)), float(tokens.numel())], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
-    return loss, update, trained.item()
+    return loss, update, tuple(trained.tolist())
 
 
 def _forward_backward(t: Trainer, tokens: torch.Tensor, weights: torch.Tensor) -> float:

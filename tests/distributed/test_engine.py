@@ -38,6 +38,10 @@ def test_versions_refits_and_the_mismatch_telemetry(tp):
         assert abs(row["rollout/engine_kl"]) < LOGP_TOL and 0 <= row["rollout/engine_kl_k3"] < LOGP_TOL**2
         assert row["time/refit"] == 0.0 and row["time/rollout_policy"] > 0 and row["time/rollout_anchor"] > 0
         assert row["rollout/tokens_per_s"] > 0
+        # Ragged prompts and rows that stop early: some padding, never all of it.
+        assert 0 < row["rollout/padding_share"] < 1 and 0 < row["train/padding_share"] < 1
+        assert all(row[f"time/{k}"] > 0 for k in ("reward", "logprobs", "update", "anchor_update"))
+        assert row["time/reward"] + row["time/logprobs"] <= row["time/score"]
     # Both TP ranks report the same mismatch (the replica's sampler and scorer agree across its ranks).
     keys = ("rollout/engine_kl", "rollout/engine_kl_k3", "rollout/engine_max_abs_logprob_diff")
     assert len({tuple(got["row"][k] for k in keys) for got in out}) == 1

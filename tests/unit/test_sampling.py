@@ -78,3 +78,37 @@ def test_gumbel_noise_is_standard_gumbel():
 def test_bad_sampling_parameters(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SamplingParams(**kwargs)
+
+
+def _peak_bytes(fn) -> int:
+    """The peak of live CPU tensor bytes while ``fn`` runs (the allocator's events in the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    level = peak = 0
+    for _, n in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"):
+        level += n
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=5, temperature=0.7), SamplingParams(greedy=True)],
+                         ids=["plain", "top_k", "greedy"])
+def test_the_sampler_works_in_blocks_of_bounded_memory(monkeypatch, params):
+    """One block's peak stays under SAMPLER_BYTES_PER_LOGIT (what the memory planner counts), and a batch
+    of 8 blocks peaks at one block's working set plus the batch's fp32 copies (8 B a logit), not 8 × it."""
+    from megatron_bond.rollout import sampling
+
+    width, rows = 4096, 64
+    logits = torch.randn(rows, width)
+    one_block = _peak_bytes(lambda: sample(logits, params, 1, 2))
+    assert one_block <= sampling.SAMPLER_BYTES_PER_LOGIT * rows * width
+    monkeypatch.setattr(sampling, "BLOCK_ELEMENTS", rows * width // 8)
+    blocked = _peak_bytes(lambda: sample(logits, params, 1, 2))
+    assert blocked <= sampling.SAMPLER_BYTES_PER_LOGIT * rows * width // 8 + 8 * rows * width
+    # Blocks change nothing drawn.
+    monkeypatch.setattr(sampling, "BLOCK_ELEMENTS", 2**22)
+    whole = sample(logits, params, 1, 2)
+    monkeypatch.setattr(sampling, "BLOCK_ELEMENTS", rows * width // 8)
+    assert all(torch.equal(a, b) for a, b in zip(whole, sample(logits, params, 1, 2)))
