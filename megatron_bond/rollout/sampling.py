@@ -5,8 +5,8 @@ top-p (a nucleus needs the whole sorted distribution). A sample is the Gumbel-ma
 logits / T, exact for the softmax at any temperature, with noise keyed on (seed, row, position, global
 token id) by a counter-based hash: the same token wins whichever shard holds it, so TP=1 and TP=2 draw
 the same tokens from the same logits, and a row's draws do not depend on the rows beside it. Each rank
-sends one [b, 5] summary of its shard (best score, its token id and logit, the shard's max and sum of
-exp) in one all-gather and every rank combines them identically.
+sends one [b, 4] summary of its shard (best score, its token id and logit, the shard's log Σ exp) in
+one all-gather and every rank combines them identically.
 
 The log-prob reported for a sampled token is log softmax(logits / temperature) at that token, before
 top-k / top-p filtering: at temperature 1 it is exactly the model's log π(y_t) that the scorer and the
@@ -22,13 +22,13 @@ from torch import Tensor
 
 from megatron_bond.config import ConfigError
 
-MASK32 = 0xFFFFFFFF
+MASK64 = (1 << 64) - 1
 # Rows are sampled in blocks of about this many logits: a block's fp32 copies, int64 hashes and fp64
-# uniforms and scores peak at about 64 bytes per logit (measured 60–64 on CPU; tests/unit/test_sampling.py
-# holds it under SAMPLER_BYTES_PER_LOGIT), so sampling needs ≤ 2²² × 72 B = 288 MiB beyond the logits
+# uniforms and scores peak at about 44 bytes per logit (measured 40–44 on CPU; tests/unit/test_sampling.py
+# holds it under SAMPLER_BYTES_PER_LOGIT), so sampling needs ≤ 2²² × 48 B = 192 MiB beyond the logits
 # whatever the batch (the memory planner counts it).
 BLOCK_ELEMENTS = 2**22
-SAMPLER_BYTES_PER_LOGIT = 72
+SAMPLER_BYTES_PER_LOGIT = 48
 
 
 @dataclass(frozen=True)
@@ -57,33 +57,40 @@ class Shard:
     group: object = None
 
 
-def _mul32(x: Tensor, c: int) -> Tensor:
-    """(x · c) mod 2³² for int64 x < 2³², without int64 overflow (c split into 16-bit halves)."""
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & MASK32
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 that has its bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
 
 
-def _hash32(x: Tensor) -> Tensor:
-    """A 32-bit integer mix with full avalanche (the "lowbias32" constants), on int64 tensors < 2³²."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+MIX = (_signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB))  # splitmix64's finaliser constants
+
+
+def _shr(x, k: int):
+    """Logical right shift of int64 bits (torch's >> on int64 is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(x):
+    """splitmix64's finaliser, a bijection of 64-bit words with full avalanche, on int64 tensors or Python
+    ints. Multiplication wraps modulo 2⁶⁴ (two's complement), as torch's int64 kernels do on CPU and
+    CUDA; tests/unit/test_sampling.py checks it against Python's exact integers."""
+    x = (x ^ _shr(x, 30)) * MIX[0]
+    if isinstance(x, int):
+        x = _signed(x & MASK64)
+    x = (x ^ _shr(x, 27)) * MIX[1]
+    if isinstance(x, int):
+        x = _signed(x & MASK64)
+    return x ^ _shr(x, 31)
 
 
 def gumbel_noise(seed: int, rows: Tensor, position: int, token_ids: Tensor) -> Tensor:
     """Standard Gumbel noise [len(rows), len(token_ids)] in fp64, a pure function of (seed, row, position,
-    token id). The uniform has 53 bits from two hashes: with 32, the discretisation alone would move up
-    to V·2⁻³² of probability at a 256k vocabulary."""
-    key = torch.tensor(seed & MASK32, dtype=torch.int64, device=rows.device)
-    for part in ((seed >> 32) & MASK32, position & MASK32):
-        key = _hash32(key ^ part)
-    row_key = _hash32(key ^ rows.long().unsqueeze(-1))
-    h1 = _hash32(row_key ^ token_ids.long().unsqueeze(0))
-    h2 = _hash32(h1 ^ 0x9E3779B9)
-    u = (((h1 << 21) | (h2 >> 11)).double() + 0.5) * 2.0**-53  # in (0, 1), 53 bits
+    token id): one 64-bit hash per token, of which 53 bits make the uniform (with 32, the discretisation
+    alone would move up to V·2⁻³² of probability at a 256k vocabulary)."""
+    key = mix64(_signed((mix64(_signed(seed & MASK64)) ^ position) & MASK64))
+    row_key = mix64(rows.long().unsqueeze(-1) ^ key)
+    h = mix64(row_key ^ token_ids.long().unsqueeze(0))
+    u = (_shr(h, 11).double() + 0.5) * 2.0**-53  # in (0, 1)
     return -torch.log(-torch.log(u))
 
 
@@ -120,8 +127,10 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
     b, width = logits.shape
     ids = torch.arange(shard.start, shard.start + width, device=logits.device)
     # fp32 logits / T (greedy: T = 1, its log-prob is the policy's); the padded vocabulary never wins.
-    z = logits.float() / (1.0 if params.greedy else params.temperature)
-    if shard.vocab_size is not None:
+    z = logits.float()
+    if not params.greedy and params.temperature != 1.0:
+        z = z / params.temperature
+    if shard.vocab_size is not None and shard.start + width > shard.vocab_size:
         z = z.masked_fill(ids >= shard.vocab_size, float("-inf"))
     kth = None
     if params.top_k and not params.greedy:  # the k-th largest of all shards' local top-k: [b, 1]
@@ -131,29 +140,25 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
     rows = max(1, BLOCK_ELEMENTS // width)
     summary = torch.cat([_summary(z[i : i + rows], i, ids, params, seed, position, None if kth is None else kth[i : i + rows])
                          for i in range(0, b, rows)])
-    summary = summary.unsqueeze(0) if group is None else _all_gather(summary, group)  # [ranks, b, 5] fp64
+    summary = summary.unsqueeze(0) if group is None else _all_gather(summary, group)  # [ranks, b, 4] fp64
     winner = summary[..., 0].max(dim=0).indices  # ties: the lowest shard, i.e. the lowest token id
-    pick = summary.gather(0, winner.view(1, b, 1).expand(1, b, 5)).squeeze(0)
-    top = summary[..., 3].max(dim=0).values  # the global max; each shard's sum was taken about its own
-    shifts = torch.where(summary[..., 3].isfinite(), summary[..., 3], torch.zeros_like(top))
-    log_norm = top + torch.log((summary[..., 4] * torch.exp(shifts - top)).sum(0))
+    pick = summary.gather(0, winner.view(1, b, 1).expand(1, b, 4)).squeeze(0)
+    log_norm = torch.logsumexp(summary[..., 3], dim=0)  # of the shards' log Σ exp (−inf: padding only)
     return pick[:, 1].long(), (pick[:, 2] - log_norm).float()
 
 
 def _summary(z: Tensor, first_row: int, ids: Tensor, params: SamplingParams, seed: int, position: int,
              kth: Tensor | None) -> Tensor:
-    """A block of rows of this shard, [rows, 5] fp64: the best score (greedy: the logit; else the filtered
+    """A block of rows of this shard, [rows, 4] fp64: the best score (greedy: the logit; else the filtered
     logit / T plus its Gumbel noise, fp64 so that the noise's 53 bits count), its global token id, its
-    logit / T, the shard's max logit / T and Σ exp about that max."""
+    logit / T, and the shard's log Σ exp of logits / T."""
     if params.greedy:
-        score = z.double()
+        score = z
     else:
         kept = z if kth is None else z.masked_fill(z < kth, float("-inf"))
         kept = filtered_logits(kept, SamplingParams(top_p=params.top_p)) if params.top_p < 1.0 else kept
         rows = torch.arange(first_row, first_row + len(z), device=z.device)
         score = kept.double() + gumbel_noise(seed, rows, position, ids)
     best, at = score.max(dim=-1)  # the first maximum, as argmax
-    local_max = z.max(dim=-1).values  # −inf on a shard of padding only: shift its (empty) sum by 0 instead
-    shift = torch.where(local_max.isfinite(), local_max, torch.zeros_like(local_max))
-    return torch.stack([best, ids[at].double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
-                        local_max.double(), torch.exp(z - shift.unsqueeze(-1)).sum(-1).double()], dim=-1)
+    return torch.stack([best.double(), ids[at].double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
+                        torch.logsumexp(z, dim=-1).double()], dim=-1)

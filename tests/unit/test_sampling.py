@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_bond.config import ConfigError
-from megatron_bond.rollout.sampling import SamplingParams, filtered_logits, gumbel_noise, sample
+from megatron_bond.rollout.sampling import SamplingParams, filtered_logits, gumbel_noise, mix64, sample
 
 
 def chi_square_critical(dof: int, alpha: float = 1e-3) -> float:
@@ -60,6 +60,23 @@ def test_greedy_and_keyed_noise():
     assert not torch.equal(base, sample(flat, SamplingParams(), 6, 3)[0])
     assert not torch.equal(base, sample(flat, SamplingParams(), 5, 4)[0])
     assert len(set(base.tolist())) > 20
+
+
+def test_the_int64_hash_wraps_as_exact_integer_arithmetic_says():
+    """mix64 on int64 tensors (wrap-around multiplication) equals splitmix64's finaliser computed with
+    Python's exact integers, for words with the top bit set or not: a platform whose int64 kernels did
+    not wrap would draw other tokens than every other one."""
+    mask = (1 << 64) - 1
+
+    def reference(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    words = torch.randint(-(2**63), 2**63 - 1, (2000,), dtype=torch.int64, generator=torch.Generator().manual_seed(0))
+    got = [v & mask for v in mix64(words).tolist()]
+    assert got == [reference(v & mask) for v in words.tolist()]
+    assert [mix64(v) & mask for v in words[:50].tolist()] == got[:50]  # the Python-int path for the keys
 
 
 def test_gumbel_noise_is_standard_gumbel():
