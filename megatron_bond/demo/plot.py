@@ -13,8 +13,8 @@ def bon_curve(max_n: int = 2000) -> tuple[list[float], list[float]]:
 
 
 def task_bon_curve(ref_rewards: list[list[float]]) -> tuple[list[float], list[float]]:
-    """(KL, quantile) of Best-of-N on this task, N ≤ k: Theorem 1 on each held-out prompt's empirical
-    reference rewards (ties included), averaged over the prompts."""
+    """(KL, quantile) of Best-of-N on this task, N < k: Theorem 1's KL on each held-out prompt's empirical
+    reference rewards (ties included) and the unbiased Best-of-N quantile, averaged over the prompts."""
     import torch
 
     from megatron_bond.bond.estimates import curve_ns, empirical_bon_curve
@@ -37,7 +37,7 @@ def plot_quantile_vs_kl(evals: list[dict], ref_rewards: list[list[float]], path:
     below = 0.2 + 0.14 * (2 * len(samples) + 2)  # inches for the caption and sample lines at 7 pt
     fig, (ax, text) = plt.subplots(2, 1, figsize=(7, 4.2 + below), height_ratios=[4.2, below])
     kl, q = task_bon_curve(ref_rewards)
-    ax.plot(kl, q, color="black", label="Best-of-N of π_ref on this task (N ≤ k, Theorem 1 on its k samples, ties included)")
+    ax.plot(kl, q, color="black", label="Best-of-N of π_ref on this task (N < k: Theorem 1 on its k samples, ties included)")
     kl, q = bon_curve()
     ax.plot(kl, q, color="grey", linestyle="--", lw=1, label="Best-of-N, continuous rewards (log N − (N−1)/N, N/(N+1))")
     ns = [int(k.split("@")[1]) for k in evals[0] if k.startswith("bon/quantile@")]

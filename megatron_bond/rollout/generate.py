@@ -4,14 +4,14 @@ with megatron-core's static KV cache.
 Prompts of different lengths share a batch left-padded to the longest: row r's prompt fills the slots
 just before the first generated one and no query sees a row's padding (a key mask), so the whole batch
 is prefilled in one pass and every decode step writes one slot for all rows. The slots serve as
-positions: RoPE sees only query-key distances, which a row's shift by its padding does not change. Rows stop at a stop id or after ``max_new_tokens``. Prompts
-longer than the model's context are refused. With ``n`` samples per prompt, each prompt is prefilled
-once and its cache forked into its n rows (J-BOND's 2 anchor samples of a prompt, evaluation's k
-reference samples).
-Under PP each forward (the prefill, every decode step) runs in pipeline microbatches of rows, each on its
-rows of the cache, so the stages overlap. The last pipeline stage samples from its TP ranks' vocab shards (rollout/sampling.py: keyed Gumbel-max,
-one small all-gather per step, the same tokens on every TP rank) and broadcasts the tokens to the other
-stages.
+positions: RoPE sees only query-key distances, which a row's shift by its padding does not change.
+Rows stop at a stop id or after ``max_new_tokens``; prompts longer than the model's context are refused.
+With ``n`` samples per prompt, each prompt is prefilled once and its cache forked into its n rows
+(J-BOND's 2 anchor samples of a prompt, evaluation's k reference samples).
+Under PP each forward (the prefill, every decode step) runs in pipeline microbatches of rows, each on
+its rows of the cache, so the stages overlap. The last stage samples from its TP ranks' vocab shards
+(rollout/sampling.py: keyed Gumbel-max, one small all-gather per step, the same tokens on every TP
+rank) and broadcasts the tokens to the other stages.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
         if ragged:  # keys a query may not see, [rows, 1, sq, end] bool: the row's padding and later slots
             keys = torch.arange(end, device=device)
             mask = ((keys < context.pad.view(-1, 1, 1)) | (keys > slots.view(1, -1, 1))).unsqueeze(1)
+
         def forward(model, part: slice):
             context.batch_size_offset = part.start  # the cache rows of this pipeline microbatch
             # runtime_gather_output: megatron-core asserts it in inference mode (the head returns its shard)
@@ -135,7 +136,7 @@ def _generate(chunks, cfg: Config, prompts: list[list[int]], max_new_tokens: int
         prompts=[list(p) for p in rows],
         responses=[buf[i, width : width + counts[i]].tolist() for i in range(b)],
         logprobs=[logp_buf[i, : counts[i]].tolist() for i in range(b)],
-        computed=len(prompts) * width + b * (steps - 1),
+        computed=len(prompts) * width + b * max(steps - 1, 0),
         useful=sum(len(p) for p in prompts) + sum(max(c - 1, 0) for c in counts),
     )
 

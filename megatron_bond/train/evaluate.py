@@ -25,7 +25,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond import bon_kl_upper_bound
 from megatron_bond.bond.estimates import (
-    BON_NS, bon_quantile, curve_ns, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
+    BON_NS, bon_kl, bon_quantile, curve_ns, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
 )
 from megatron_bond.runtime.batch import dp_share
 from megatron_bond.rollout.engine import Version
@@ -94,10 +94,8 @@ def summarise(samples: list[dict]) -> dict:
     if k >= 2:  # one reference sample per prompt draws no curve
         curve_kl, curve_q = empirical_bon_curve(ref_rewards, curve_ns(k))
         ratio, ratio_lo, ratio_hi = kl_ratio_interval(quantile, kl, curve_kl, curve_q)
-        bon_kl = empirical_bon_curve(ref_rewards, [n for n in BON_NS if n <= k])[0].mean(0).tolist()
     else:
         ratio = ratio_lo = ratio_hi = math.nan
-        bon_kl = [0.0]  # Best-of-1 is π_ref
     return {
         "quantile/ref": q, "quantile/ref_se": standard_error(quantile),
         "quantile/ref_mid": mean("quantile_mid"),
@@ -107,5 +105,5 @@ def summarise(samples: list[dict]) -> dict:
         "reward/policy": mean("reward"), "reward/ref": mean("reward_ref"),
         **{f"bon/reward@{n}": bon_reward(ref_rewards, n).mean().item() for n in BON_NS if n <= k},
         **{f"bon/quantile@{n}": bon_quantile(ref_rewards, n).mean().item() for n in BON_NS if n < k},
-        **{f"bon/kl@{n}": v for n, v in zip([n for n in BON_NS if n <= k], bon_kl)},
+        **{f"bon/kl@{n}": bon_kl(ref_rewards, n).mean().item() for n in BON_NS if n <= k},
     }

@@ -14,6 +14,7 @@ from megatron_bond.bond import bon_probs, exact_quantiles, kl
 from megatron_bond.bond.estimates import (
     bon_quantile,
     bon_reward,
+    curve_ns,
     empirical_bon_curve,
     kl_ratio_interval,
     mean_interval,
@@ -79,19 +80,42 @@ def test_estimators_are_unbiased_for_theorem_1(n):
     assert mean_mid == pytest.approx(0.5, abs=1e-12)
 
 
-def test_empirical_curve_is_the_continuous_formula_without_ties_and_flat_with_them():
-    k, ns = 8, [1, 2, 4, 16]
+def test_empirical_curve_kl_is_theorem_1_on_the_k_atoms_and_its_quantile_unbiased():
+    k, ns = 8, [1, 2, 4, 7]
     distinct = torch.arange(k, dtype=F64).unsqueeze(0)
     kls, qs = empirical_bon_curve(torch.cat([distinct, torch.ones(1, k, dtype=F64)]), ns)
-    # k atoms, distinct: the BoN of a uniform discrete law puts ((j/k)^N − ((j−1)/k)^N) on the j-th, whose
-    # quantile against the other k − 1 is (j − 1)/(k − 1): Best-of-1 at 0.5, as quantile/ref at π = π_ref.
+    # k distinct atoms: the BoN of a uniform discrete law puts ((j/k)^N − ((j−1)/k)^N) on the j-th.
     j = torch.arange(1, k + 1, dtype=F64)
     for col, n in enumerate(ns):
         bon = (j / k) ** n - ((j - 1) / k) ** n
         assert kls[0, col].item() == pytest.approx(kl(bon, torch.full((k,), 1 / k, dtype=F64)).item(), abs=1e-12)
-        assert qs[0, col].item() == pytest.approx((bon * (j - 1) / (k - 1)).sum().item(), abs=1e-12)
-    assert qs[0, 0].item() == pytest.approx(0.5, abs=1e-12)
+        # The quantile: sample i against every N-subset of the other k − 1, by enumeration.
+        others = [[v for v in range(k) if v != i] for i in range(k)]
+        hits = [sum(i <= max(c) for c in itertools.combinations(others[i], n)) / math.comb(k - 1, n) for i in range(k)]
+        assert qs[0, col].item() == pytest.approx(sum(hits) / k, abs=1e-12)
+    assert qs[0, 0].item() == pytest.approx(0.5, abs=1e-12)  # Best-of-1 is π_ref: 0.5, as quantile/ref
     assert kls[1].abs().max().item() < 1e-12 and qs[1].tolist() == pytest.approx([1.0] * 4, abs=1e-12)  # all tie
+    assert max(curve_ns(16)) <= 15 and curve_ns(2) == (1,)
+
+
+def test_the_curve_quantile_axis_is_unbiased_where_the_picked_sample_scored_against_its_own_set_is_not():
+    """Over every 4-tuple of a 5-point law without ties (exact expectation): the curve's quantile at N = 2
+    equals Theorem 1's Best-of-2 quantile; scoring the empirical Best-of-N's pick against the other
+    samples of its own set (the curve before) comes out higher."""
+    probs = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=F64)
+    values = torch.arange(5, dtype=F64)
+    k, n = 4, 2
+    exact = (bon_probs(probs, values, n) * exact_quantiles(probs, values)[0].squeeze(-1)).sum().item()
+    mean_q = mean_self = 0.0
+    for idx in itertools.product(range(5), repeat=k):
+        w = math.prod(probs[i].item() for i in idx)
+        r = values[list(idx)].unsqueeze(0)
+        mean_q += w * empirical_bon_curve(r, [n])[1].item()
+        ref = torch.full_like(r, 1 / k)
+        p_le_others = (k * exact_quantiles(ref, r)[0].squeeze(-1) - 1) / (k - 1)
+        mean_self += w * (bon_probs(ref, r, n) * p_le_others).sum().item()
+    assert mean_q == pytest.approx(exact, abs=1e-12)
+    assert mean_self > exact + 0.01
 
 
 def test_standard_error_and_the_bootstrap_interval():
@@ -99,7 +123,7 @@ def test_standard_error_and_the_bootstrap_interval():
     assert standard_error(x) == pytest.approx(np.std(x.numpy(), ddof=1) / 2, abs=1e-15)
     assert math.isnan(standard_error(x[:1]))
     # Identical prompts: every resample is the same, the interval collapses on the point.
-    kls, qs = empirical_bon_curve(torch.arange(8, dtype=F64).expand(5, 8), [1, 2, 4, 8])
+    kls, qs = empirical_bon_curve(torch.arange(8, dtype=F64).expand(5, 8), [1, 2, 4, 7])
     same = kl_ratio_interval(torch.full((5,), 0.7, dtype=F64), torch.full((5,), 0.5, dtype=F64), kls, qs)
     bon_kl = float(np.interp(0.7, qs[0].numpy(), kls[0].numpy()))
     assert same == pytest.approx((0.5 / bon_kl,) * 3, abs=1e-12)

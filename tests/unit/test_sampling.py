@@ -129,3 +129,21 @@ def test_the_sampler_works_in_blocks_of_bounded_memory(monkeypatch, params):
     whole = sample(logits, params, 1, 2)
     monkeypatch.setattr(sampling, "BLOCK_ELEMENTS", rows * width // 8)
     assert all(torch.equal(a, b) for a, b in zip(whole, sample(logits, params, 1, 2)))
+
+
+@pytest.mark.parametrize("family, on_gpu, refused", [
+    ("gpt", True, True), ("gpt", False, False), ("gemma2", True, False),
+])
+def test_ragged_prompts_are_refused_where_the_attention_drops_the_padding_mask(monkeypatch, family, on_gpu, refused):
+    """The GPU branch, with CUDA stubbed: megatron-core's fused attention kernels (the gpt family) replace a
+    given mask by their own causal one, so left-padded prompts are refused there in one line."""
+    from megatron_bond.config import Config, ModelConfig
+    from megatron_bond.rollout.generate import check_padding_mask
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
+    cfg = Config(model=ModelConfig(family=family, transformer_impl="local"))
+    if refused:
+        with pytest.raises(ConfigError, match="drops padding masks on GPU"):
+            check_padding_mask(cfg)
+    else:
+        check_padding_mask(cfg)
