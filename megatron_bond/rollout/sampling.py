@@ -23,12 +23,14 @@ from torch import Tensor
 from megatron_bond.config import ConfigError
 
 MASK64 = (1 << 64) - 1
-# Rows are sampled in blocks of about this many logits: a block's fp32 copies, int64 hashes and fp64
-# uniforms and scores peak at about 44 bytes per logit (measured 40–44 on CPU; tests/unit/test_sampling.py
-# holds it under SAMPLER_BYTES_PER_LOGIT), so sampling needs ≤ 2²² × 48 B = 192 MiB beyond the logits
-# whatever the batch (the memory planner counts it).
+# Rows are sampled in blocks of about this many logits, so that sampling needs at most
+# BLOCK_ELEMENTS × SAMPLER_BYTES_PER_LOGIT = 224 MiB beyond the logits whatever the batch (the memory
+# planner counts it). Bytes per logit of a block at the peak, while the noise is hashed: the fp32 logits
+# / T (4), the top-k-masked copy (4), its fp64 copy waiting for the noise (8), and the hash's three live
+# int64 words (24) = 40; the fp64 uniform and its logs come after the words are freed (≤ 32). Measured
+# 44–48.2 on CPU (tests/unit/test_sampling.py); 56 leaves one fp64 word for the order of frees.
 BLOCK_ELEMENTS = 2**22
-SAMPLER_BYTES_PER_LOGIT = 48
+SAMPLER_BYTES_PER_LOGIT = 56
 
 
 @dataclass(frozen=True)
