@@ -33,11 +33,13 @@ PHASES = {  # JSON key: metrics key
 
 
 def breakdown(row: dict, engine: str) -> dict:
+    """A step row's figures; a key that the run did not record (an older run, an engine without padding
+    counts) is None."""
     step_s = row["time/rollout"] + row["time/score"] + row["time/train"]
     return {
-        "engine": engine, "step": row["step"], **{k: row[v] for k, v in PHASES.items()}, "step_s": step_s,
-        "rollout_share": row["time/rollout"] / step_s, "rollout_tokens_per_s": row["rollout/tokens_per_s"],
-        "rollout_padding_share": row["rollout/padding_share"], "train_padding_share": row["train/padding_share"],
+        "engine": engine, "step": row["step"], **{k: row.get(v) for k, v in PHASES.items()}, "step_s": step_s,
+        "rollout_share": row["time/rollout"] / step_s, "rollout_tokens_per_s": row.get("rollout/tokens_per_s"),
+        "rollout_padding_share": row.get("rollout/padding_share"), "train_padding_share": row.get("train/padding_share"),
     }
 
 
@@ -85,13 +87,18 @@ def main() -> None:
         rows = [breakdown(r, engine) for r in step_rows(metrics)]
         later = rows[1:] or rows
         summary = {"engine": engine, "summary": "median over steps after the first", "steps": len(later),
-                   **{k: statistics.median(r[k] for r in later) for k in rows[0] if k not in ("engine", "step")}}
+                   **{k: _median([r[k] for r in later]) for k in rows[0] if k not in ("engine", "step")}}
         lines += rows + [summary]
     text = "\n".join(json.dumps(line) for line in lines)
     print(text)
     if args.out:
         with open(args.out, "a") as f:
             f.write(text + "\n")
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _engine_of(metrics: Path) -> str:

@@ -66,8 +66,8 @@ def validate(cfg) -> None:
             f"pp={p.pp} must divide model.num_layers={m.num_layers} "
             "(or set parallel.first_stage_layers / last_stage_layers)",
         )
-    # Rollouts and scoring send one microbatch through the pipeline, which megatron-core's interleaved
-    # schedule cannot run; training alone would need one data iterator per model chunk.
+    # Rollouts and scoring run forward-only microbatches whose count is any divisor of the rows, which
+    # megatron-core's interleaved schedule cannot run; training would need one data iterator per chunk.
     _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
              "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
     b = cfg.bond

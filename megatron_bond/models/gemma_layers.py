@@ -84,7 +84,7 @@ class GemmaCoreAttention(DotProductAttention):
         scores = torch.matmul(q, key.permute(1, 2, 3, 0)).view(b, heads, sq, sk) * self.softmax_scale
         if self.cap:
             scores = torch.tanh(scores / self.cap) * self.cap
-        if sq > 1:  # one query (a decode step) sees every key left after the window cut
+        if sq > 1:  # one query (a decode step) sees every key left after the window cut, but padding
             causal = _causal_mask(sq, sk, self.window, query.device)
             masked = causal if masked is None else masked | causal
         if masked is not None:

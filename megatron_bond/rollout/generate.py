@@ -10,8 +10,8 @@ With ``n`` samples per prompt, each prompt is prefilled once and its cache forke
 (J-BOND's 2 anchor samples of a prompt, evaluation's k reference samples).
 Under PP each forward (the prefill, every decode step) runs in pipeline microbatches of rows, each on
 its rows of the cache, so the stages overlap. The last stage samples from its TP ranks' vocab shards
-(rollout/sampling.py: keyed Gumbel-max, one small all-gather per step, the same tokens on every TP
-rank) and broadcasts the tokens to the other stages.
+(rollout/sampling.py: keyed Gumbel-max, one [rows, 4] all-gather per step, one more for top-k, the
+logits gathered for top-p; the same tokens on every TP rank) and broadcasts the tokens to the other stages.
 """
 
 from __future__ import annotations

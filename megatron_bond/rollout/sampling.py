@@ -87,13 +87,18 @@ def mix64(x):
 
 def gumbel_noise(seed: int, rows: Tensor, position: int, token_ids: Tensor) -> Tensor:
     """Standard Gumbel noise [len(rows), len(token_ids)] in fp64, a pure function of (seed, row, position,
-    token id): one 64-bit hash per token, of which 53 bits make the uniform (with 32, the discretisation
-    alone would move up to V·2⁻³² of probability at a 256k vocabulary)."""
+    token id): one 64-bit hash per token, of which 52 bits make the uniform (with 32, the discretisation
+    alone would move up to V·2⁻³² of probability at a 256k vocabulary). 52, not 53: (2⁵³ − 1 + ½)·2⁻⁵³
+    rounds to 1.0 in fp64, whose noise is +inf and −inf + inf a NaN that would win the argmax; every
+    (j + ½)·2⁻⁵² with j < 2⁵² is exact and lies in (0, 1)."""
     key = mix64(_signed((mix64(_signed(seed & MASK64)) ^ position) & MASK64))
     row_key = mix64(rows.long().unsqueeze(-1) ^ key)
-    h = mix64(row_key ^ token_ids.long().unsqueeze(0))
-    u = (_shr(h, 11).double() + 0.5) * 2.0**-53  # in (0, 1)
-    return -torch.log(-torch.log(u))
+    return -torch.log(-torch.log(uniform(mix64(row_key ^ token_ids.long().unsqueeze(0)))))
+
+
+def uniform(h: Tensor) -> Tensor:
+    """The top 52 bits of 64-bit words as fp64 uniforms (j + ½)·2⁻⁵², exactly inside (0, 1)."""
+    return (_shr(h, 12).double() + 0.5) * 2.0**-52
 
 
 def filtered_logits(logits: Tensor, params: SamplingParams) -> Tensor:
@@ -152,7 +157,7 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
 def _summary(z: Tensor, first_row: int, ids: Tensor, params: SamplingParams, seed: int, position: int,
              kth: Tensor | None) -> Tensor:
     """A block of rows of this shard, [rows, 4] fp64: the best score (greedy: the logit; else the filtered
-    logit / T plus its Gumbel noise, fp64 so that the noise's 53 bits count), its global token id, its
+    logit / T plus its Gumbel noise, fp64 so that the noise's 52 bits count), its global token id, its
     logit / T, and the shard's log Σ exp of logits / T."""
     if params.greedy:
         score = z

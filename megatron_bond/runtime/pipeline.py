@@ -11,7 +11,7 @@ def microbatch_count(rows: int) -> int:
     """How many forward-only microbatches a batch of ``rows`` goes through: one without pipeline stages
     (nothing to overlap); under PP the largest divisor of ``rows`` up to 2 × stages, so the stages work
     on different microbatches at once: each stage idles (pp − 1)/(m + pp − 1) of a pass instead of
-    (pp − 1)/pp at m = 1 (a third instead of a half at PP=2). A divisor, because Megatron's schedule
+    (pp − 1)/pp at m = 1 (a fifth instead of a half at PP=2 with 4 microbatches). A divisor, because Megatron's schedule
     sends tensors of one shape [seq, rows / m, hidden] between stages."""
     from megatron.core import parallel_state as ps
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_bond.config import ConfigError
-from megatron_bond.rollout.sampling import SamplingParams, filtered_logits, gumbel_noise, mix64, sample
+from megatron_bond.rollout.sampling import SamplingParams, filtered_logits, gumbel_noise, mix64, sample, uniform
 
 
 def chi_square_critical(dof: int, alpha: float = 1e-3) -> float:
@@ -77,6 +77,14 @@ def test_the_int64_hash_wraps_as_exact_integer_arithmetic_says():
     got = [v & mask for v in mix64(words).tolist()]
     assert got == [reference(v & mask) for v in words.tolist()]
     assert [mix64(v) & mask for v in words[:50].tolist()] == got[:50]  # the Python-int path for the keys
+
+
+def test_the_uniform_never_reaches_0_or_1():
+    """The extreme words (all bits set, none set): with 53 bits the top one rounded to exactly 1.0, whose
+    Gumbel noise is +inf, and −inf (a masked logit) + inf is a NaN that wins the argmax."""
+    u = uniform(torch.tensor([-1, 0, 2**62], dtype=torch.int64))
+    assert bool(((u > 0) & (u < 1)).all()) and torch.isfinite(-torch.log(-torch.log(u))).all()
+    assert (float(2**53 - 1) + 0.5) * 2.0**-53 == 1.0  # why not 53 bits
 
 
 def test_gumbel_noise_is_standard_gumbel():
