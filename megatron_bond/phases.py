@@ -30,20 +30,16 @@ class PhaseClock:
         if self.listener is not None:
             self.listener(name)
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        with torch.profiler.record_function(f"phase:{name}"):
+            torch.cuda.reset_peak_memory_stats()  # allocations are host-side events: no sync needed first
+        with self.span(name), torch.profiler.record_function(f"phase:{name}"):
             yield
-        if self.cuda:
-            torch.cuda.synchronize()
+        if self.cuda:  # the span synchronised on its way out
             self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), torch.cuda.max_memory_allocated())
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     @contextmanager
     def span(self, name: str):
-        """Seconds of a part of a phase (``time/<name>`` in the step's row): synchronised on CUDA like a
-        phase, but no memory peak of its own (the phase's peak covers it)."""
+        """Seconds of a phase, or of a part of one (``time/<name>`` in the step's row), synchronised on
+        CUDA; a part has no memory peak of its own (its phase's peak covers it)."""
         if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
