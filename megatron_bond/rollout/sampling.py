@@ -8,9 +8,9 @@ the same tokens from the same logits, and a row's draws do not depend on the row
 sends one [b, 4] summary of its shard (best score, its token id and logit, the shard's log Σ exp) in
 one all-gather and every rank combines them identically.
 
-The log-prob reported for a sampled token is log softmax(logits / temperature) at that token, before
-top-k / top-p filtering: at temperature 1 it is exactly the model's log π(y_t) that the scorer and the
-BOND losses use.
+The log-prob reported for a sampled token is the model's log softmax(logits) at that token, before the
+temperature and top-k / top-p (vLLM's "raw" log-probs, so that both engines report the same number): the
+log π(y_t) that the scorer and the BOND losses use, whatever the sampling settings.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _all_gather(x: Tensor, group) -> Tensor:
 
 def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
            shard: Shard = Shard()) -> tuple[Tensor, Tensor]:
-    """(token ids [b], their log-probs [b] under softmax(logits / T)) from this rank's shard of the logits
+    """(token ids [b], their log-probs [b] under softmax(logits)) from this rank's shard of the logits
     [b, V_shard]; rows are numbered 0 … b − 1 for the noise, and every rank of the group returns the same."""
     group = shard.group if shard.group is not None and torch.distributed.get_world_size(shard.group) > 1 else None
     if params.top_p < 1.0 and group is not None:  # the nucleus needs the whole distribution: gather it once
@@ -133,19 +133,23 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
         return sample(torch.cat(list(full), dim=-1), params, seed, position, Shard(0, shard.vocab_size))
     b, width = logits.shape
     ids = torch.arange(shard.start, shard.start + width, device=logits.device)
-    # fp32 logits / T (greedy: T = 1, its log-prob is the policy's); the padded vocabulary never wins.
+    # fp32 logits / T (greedy: T = 1); the padded vocabulary never wins. ``raw``: the logits the log-probs
+    # come from, the same tensor at T = 1 (else each block is read again from ``logits``).
+    padding = ids >= shard.vocab_size if shard.vocab_size is not None and shard.start + width > shard.vocab_size else None
     z = logits.float()
-    if not params.greedy and params.temperature != 1.0:
+    scaled = not params.greedy and params.temperature != 1.0
+    if scaled:
         z = z / params.temperature
-    if shard.vocab_size is not None and shard.start + width > shard.vocab_size:
-        z = z.masked_fill(ids >= shard.vocab_size, float("-inf"))
+    if padding is not None:
+        z = z.masked_fill(padding, float("-inf"))
     kth = None
     if params.top_k and not params.greedy:  # the k-th largest of all shards' local top-k: [b, 1]
         local = torch.topk(z, min(params.top_k, width), dim=-1).values
         top = local if group is None else torch.cat(list(_all_gather(local, group)), dim=-1)
         kth = torch.topk(top, min(params.top_k, top.shape[-1]), dim=-1).values[..., -1:]
     rows = max(1, BLOCK_ELEMENTS // width)
-    summary = torch.cat([_summary(z[i : i + rows], i, ids, params, seed, position, None if kth is None else kth[i : i + rows])
+    summary = torch.cat([_summary(z[i : i + rows], logits[i : i + rows] if scaled else None, padding, i, ids,
+                                  params, seed, position, None if kth is None else kth[i : i + rows])
                          for i in range(0, b, rows)])
     summary = summary.unsqueeze(0) if group is None else _all_gather(summary, group)  # [ranks, b, 4] fp64
     winner = summary[..., 0].max(dim=0).indices  # ties: the lowest shard, i.e. the lowest token id
@@ -154,11 +158,18 @@ def sample(logits: Tensor, params: SamplingParams, seed: int, position: int,
     return pick[:, 1].long(), (pick[:, 2] - log_norm).float()
 
 
-def _summary(z: Tensor, first_row: int, ids: Tensor, params: SamplingParams, seed: int, position: int,
-             kth: Tensor | None) -> Tensor:
+def _summary(z: Tensor, raw: Tensor | None, padding: Tensor | None, first_row: int, ids: Tensor,
+             params: SamplingParams, seed: int, position: int, kth: Tensor | None) -> Tensor:
     """A block of rows of this shard, [rows, 4] fp64: the best score (greedy: the logit; else the filtered
     logit / T plus its Gumbel noise, fp64 so that the noise's 52 bits count), its global token id, its
-    logit / T, and the shard's log Σ exp of logits / T."""
+    raw logit, and the shard's log Σ exp of the raw logits (``raw``: the block of the input logits; None:
+    ``z`` is them, T = 1)."""
+    if raw is None:
+        log_norm = torch.logsumexp(z, dim=-1).double()
+    else:  # an fp32 copy of the block, freed before the noise's peak (the planner's bound holds)
+        unscaled = raw.float() if padding is None else raw.float().masked_fill(padding, float("-inf"))
+        log_norm = torch.logsumexp(unscaled, dim=-1).double()
+        del unscaled
     if params.greedy:
         score = z
     else:
@@ -167,5 +178,5 @@ def _summary(z: Tensor, first_row: int, ids: Tensor, params: SamplingParams, see
         rows = torch.arange(first_row, first_row + len(z), device=z.device)
         score = kept.double() + gumbel_noise(seed, rows, position, ids)
     best, at = score.max(dim=-1)  # the first maximum, as argmax
-    return torch.stack([best.double(), ids[at].double(), z.gather(-1, at.unsqueeze(-1)).squeeze(-1).double(),
-                        torch.logsumexp(z, dim=-1).double()], dim=-1)
+    logit = (z if raw is None else raw).gather(-1, at.unsqueeze(-1)).squeeze(-1).double()
+    return torch.stack([best.double(), ids[at].double(), logit, log_norm], dim=-1)

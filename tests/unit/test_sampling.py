@@ -35,8 +35,8 @@ def test_empirical_distribution_passes_chi_square(params):
     exp_counts = expected[support] * draws
     stat = ((counts[support] - exp_counts) ** 2 / exp_counts).sum().item()
     assert stat < chi_square_critical(int(support.sum()) - 1), stat
-    # The reported log-prob is the unfiltered log softmax(logits / T) of the drawn token.
-    torch.testing.assert_close(logp, torch.log_softmax(logits / params.temperature, -1)[tokens])
+    # The reported log-prob is the model's: log softmax(logits) of the drawn token, before T and filters.
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[tokens])
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
