@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234,
                    help="sampler seed (each batch derives its own from it and its first prompt's line)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call and data-parallel rank")
-    p.add_argument("--engine", default="native", choices=["native"],
-                   help="what samples (rollout/engine.py): megatron-core's decode loop")
+    p.add_argument("--engine", default="native", choices=["native", "vllm"],
+                   help="what samples (rollout/engine.py): megatron-core's decode loop, or a colocated vLLM "
+                        "engine (make setup-vllm; pipeline size 1)")
     p.set_defaults(func=_generate)
     return parser
 

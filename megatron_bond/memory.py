@@ -261,6 +261,10 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                                 "distributed optimizer: state template": 12 * n / shard if dist_opt else 0,
                                 "fc1 merged from its saved halves": fc1},
         }
+        if cfg.rollout.engine == "vllm":
+            # A refit gathers one tensor whole at a time (convert/live.py): the largest is the embedding.
+            gathered = w * vocab * m.hidden_size if tp > 1 else 0
+            _vllm_engine(phases, resident, cfg, w * n, gathered, alloc.gpu_memory_gb * GiB, on_gpu)
         where = f", stage {s} of {pp}" if pp > 1 else ""
         eval_gen = sum(phases["eval"].values())
         if scoring_layer > eval_gen:
@@ -272,6 +276,27 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                     f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}", on_gpu)
 
     return max((stage(s) for s in range(pp)), key=lambda pl: pl.total)
+
+
+def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gathered: float, capacity: float,
+                 on_gpu: bool) -> None:
+    """rollout.engine=vllm draws the rollout and eval samples (rollout/vllm_engine.py) instead of the native
+    decode loop. On GPU its pool is ``vllm_memory_fraction`` of the device (what vLLM's
+    gpu_memory_utilization caps: its weights, KV cache and activations), held while it samples and freed by
+    sleep (level 2) in every other phase; it is counted with the allocator's slack, though vLLM's sleep-mode
+    pool is its own (an overestimate of 10 % of it). On CPU it never sleeps: its weights (this rank's TP
+    share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
+    import os
+
+    refit = {"refit: one tensor gathered whole over TP (the embedding)": gathered}
+    phases["rollout"], phases["eval"] = dict(refit), dict(refit)
+    if on_gpu:
+        for phase in ("rollout", "eval"):
+            phases[phase][f"vLLM engine: rollout.vllm_memory_fraction={cfg.rollout.vllm_memory_fraction} of the GPU"] = (
+                cfg.rollout.vllm_memory_fraction * capacity)
+    else:
+        resident["vLLM engine: weights and KV cache (CPU: never asleep)"] = (
+            weights + float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * GiB)
 
 
 def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, **kw) -> str | None:

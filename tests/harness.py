@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 
 def run_ranks(target: str, world_size: int, kwargs: dict | None = None, timeout: float = 180.0,
-              env: dict[str, str] | None = None) -> list:
+              env: dict[str, str] | None = None, python: str | None = None) -> list:
+    """``python``: the ranks' interpreter (default: this one; the vLLM tests use .venv-vllm's)."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="mbond-ranks-") as tmp:
@@ -50,7 +51,7 @@ def run_ranks(target: str, world_size: int, kwargs: dict | None = None, timeout:
             log = open(tmp / f"rank{rank}.log", "w+")
             logs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.harness", target, str(tmp / "kwargs.pkl"), str(tmp)],
+                [python or sys.executable, "-m", "tests.harness", target, str(tmp / "kwargs.pkl"), str(tmp)],
                 cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ))
         deadline = time.monotonic() + timeout

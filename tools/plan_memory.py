@@ -27,13 +27,18 @@ def _allocation(args) -> Allocation:
 
 
 def _check_layout(cfg, alloc: Allocation) -> None:
-    """What the trainer would refuse at start: the world against TP·PP, the batch against DP."""
+    """What the trainer would refuse at start: the world against TP·PP, the batch against DP, a layout the
+    rollout engine cannot serve."""
     mp = cfg.parallel.tp * cfg.parallel.pp
     if alloc.world % mp:
         fitting = [n for n in range(1, mp + 1) if n * alloc.gpus_per_node % mp == 0]
         raise ConfigError(f"{alloc.world} ranks ({alloc.nodes} × {alloc.gpus_per_node}) cannot hold tp·pp = {mp}: "
                           f"the recipe's layout needs a multiple of {fitting[0]} nodes of {alloc.gpus_per_node}")
     cfg.check_batch_split(alloc.world // mp)
+    if cfg.rollout.engine == "vllm":
+        from megatron_bond.rollout.vllm_engine import check_layout
+
+        check_layout(cfg)
 
 
 def main() -> int:

@@ -47,7 +47,8 @@ def generate_file(args) -> int:
         check_context(len(prompt), args.max_new_tokens, cfg.model.max_seq_length, f"{args.input}: prompt {i + 1}")
     init_distributed(cfg.parallel, seed=args.seed)
     try:
-        engine = build_engine(args.engine, cfg, stop_ids, args.max_new_tokens, args.batch_size)
+        engine = build_engine(args.engine, cfg, stop_ids, args.max_new_tokens, args.batch_size,
+                              hf_dir=Path(args.ckpt) / "hf")
         version = Version("policy", 0)  # the checkpoint's weights, the only ones this command samples
         engine.refit(load_model_checkpoint(args.ckpt, cfg), version)
 

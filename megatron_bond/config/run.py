@@ -57,8 +57,13 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    # What draws the rollouts (rollout/engine.py): megatron-core's decode loop on the trainer's weights.
-    engine: Literal["native"] = "native"
+    # What draws the rollouts (rollout/engine.py): "native", megatron-core's decode loop on the trainer's
+    # weights, or "vllm", a colocated vLLM worker per rank refitted from them (rollout/vllm_engine.py).
+    engine: Literal["native", "vllm"] = "native"
+    # vllm: the share of the device's memory vLLM takes while it samples (its weights and KV cache; it
+    # sleeps, holding none, while the trainer runs). On CPU: of host memory (the KV cache is
+    # VLLM_CPU_KVCACHE_SPACE GiB).
+    vllm_memory_fraction: float = 0.3
     max_new_tokens: int = 16
     batch_size: int = 16  # prompts per generate call (each with all its samples)
     score_batch_size: int = 16  # sequences per scoring forward pass

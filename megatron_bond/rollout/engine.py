@@ -10,12 +10,14 @@ never use the engine's log-probs: the trainer re-scores every response through i
 
 ``native`` is megatron-core's decode loop (rollout/generate.py) on the trainer's own model chunks, so
 its refit only records which chunks serve a role and costs nothing; it is the reference and the default.
+``vllm`` (rollout/vllm_engine.py) is a colocated vLLM worker in each rank, refitted from the shards.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -47,6 +49,11 @@ class Rollouts:
     computed: int = 0  # token positions the engine's forwards computed, and the non-padding ones of them
     useful: int = 0
 
+    @classmethod
+    def empty(cls, version: Version, prompts: int) -> "Rollouts":
+        """No samples of any prompt (an algorithm that draws none from these weights)."""
+        return cls(version, [[] for _ in range(prompts)], [[] for _ in range(prompts)], 0.0)
+
     @property
     def tokens(self) -> int:
         return sum(len(r) for rs in self.responses for r in rs)
@@ -74,7 +81,7 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int):
+    def __init__(self, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int, hf_dir=None):
         self.cfg, self.stop_ids, self.max_new_tokens, self.batch_size = cfg, stop_ids, max_new_tokens, batch_size
         self.weights: dict[str, tuple[list, Version]] = {}
 
@@ -92,25 +99,31 @@ class NativeEngine:
         start_time = time.perf_counter()
         responses, logprobs, computed, useful = [], [], 0, 0
         with torch.no_grad():
-            for start in range(0, len(prompts) if n else 0, self.batch_size):
+            for start in range(0, len(prompts), self.batch_size):
                 group = prompts[start : start + self.batch_size]
                 out = generate(chunks, self.cfg, group, self.max_new_tokens, params,
                                derived_seed(*seed_parts, first_index + start), self.stop_ids, n=n)
                 responses += [out.responses[i * n : (i + 1) * n] for i in range(len(group))]
                 logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
                 computed, useful = computed + out.computed, useful + out.useful
-        if not n:  # an algorithm that samples nothing from these weights
-            responses, logprobs = [[] for _ in prompts], [[] for _ in prompts]
         return Rollouts(version, responses, logprobs, time.perf_counter() - start_time, computed, useful)
 
 
-ENGINES = {NativeEngine.name: NativeEngine}
+def _vllm_engine(*args, **kwargs):
+    from megatron_bond.rollout.vllm_engine import VllmEngine  # vLLM is an optional extra: imported on use
+
+    return VllmEngine(*args, **kwargs)
 
 
-def build_engine(name: str, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int):
+ENGINES = {NativeEngine.name: NativeEngine, "vllm": _vllm_engine}
+
+
+def build_engine(name: str, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int,
+                 hf_dir: Path | None = None):
+    """``hf_dir``: the checkpoint's hf/ directory (vLLM builds its model from config.json there)."""
     if name not in ENGINES:
         raise ConfigError(f"rollout.engine {name!r}: this build has {sorted(ENGINES)}")
-    return ENGINES[name](cfg, stop_ids, max_new_tokens, batch_size)
+    return ENGINES[name](cfg, stop_ids, max_new_tokens, batch_size, hf_dir=hf_dir)
 
 
 def mismatch(engine_logprobs: list[list[float]], trainer_logprobs: list[torch.Tensor]) -> torch.Tensor:

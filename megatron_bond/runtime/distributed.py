@@ -202,10 +202,20 @@ def seed_all(seed: int, dist: DistEnv) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
 
 
+_TEARDOWN: list = []
+
+
+def on_teardown(fn) -> None:
+    """Run ``fn()`` in destroy_distributed, before the groups go (an engine that holds groups of its own)."""
+    _TEARDOWN.append(fn)
+
+
 def destroy_distributed() -> None:
     """Tear down Megatron's groups and the default process group (safe to call twice)."""
     from megatron.core import parallel_state as ps
 
+    while _TEARDOWN:
+        _TEARDOWN.pop()()
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():

@@ -4,6 +4,7 @@ scheduler), the anchor and π_ref, the reward, the prompts and their order."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -118,14 +119,17 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
     torch.distributed.barrier()
     if dist.rank != 0:
         prompts = load_prompts(cfg, text)
+    stop_ids = text.stop_ids(cfg.data.chat_template)
+    reward = build_reward(cfg, stop_ids, text.tokenizer)
+    # The engine before the policy: its refusals (vLLM missing, an unsupported model or layout) come before
+    # the weights are built.
+    engine = build_engine(cfg.rollout.engine, cfg, stop_ids, cfg.rollout.max_new_tokens, cfg.rollout.batch_size,
+                          hf_dir=Path(cfg.policy.ckpt) / "hf" if cfg.policy.ckpt else None)
     policy = _wrap_ddp(cfg, _policy_chunks(cfg))
     optimizer, scheduler = _optimizer(cfg, policy)
     anchor = Anchor(build_model(cfg, initialize=False), policy, optimizer, ps.get_data_parallel_group())
-    stop_ids = text.stop_ids(cfg.data.chat_template)
-    reward = build_reward(cfg, stop_ids, text.tokenizer)
     return Trainer(cfg=cfg, dist=dist, algorithm=algorithm_for(cfg.bond), policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
                    ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
                    order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
                    skips=SkippedUpdates(cfg.train.max_skipped_steps),
-                   clock=PhaseClock(next(policy[0].parameters()).device),
-                   engine=build_engine(cfg.rollout.engine, cfg, stop_ids, cfg.rollout.max_new_tokens, cfg.rollout.batch_size))
+                   clock=PhaseClock(next(policy[0].parameters()).device), engine=engine)

@@ -12,7 +12,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
-from megatron_bond.rollout.engine import Version, mismatch
+from megatron_bond.rollout.engine import Rollouts, Version, mismatch
 from megatron_bond.runtime.batch import dp_share, gather_dp, right_pad
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
 from megatron_bond.train.samples import (
@@ -35,11 +35,16 @@ def train_step(t: Trainer, step: int) -> dict:
 
     # 1. Rollouts at temperature 1, no top-k / top-p: y ~ π_t, y'_1..y'_n ~ π_anchor, from the weights after the
     #    previous step (the engine is refitted with them, and a rollout of other weights is refused).
+    #    Each role is refitted right before its samples: an engine may hold one role's weights at a time.
     with clock.phase("rollout"):
-        policy_v, anchor_v = Version("policy", step - 1), Version("anchor", step - 1)
-        refit_s = t.engine.refit(t.policy, policy_v) + t.engine.refit(t.anchor.chunks, anchor_v)
-        rollout = {role: t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(v)
-                   for role, n, v in (("policy", n_policy, policy_v), ("anchor", n_anchor, anchor_v))}
+        rollout, refit_s = {}, 0.0
+        for role, n, chunks in (("policy", n_policy, t.policy), ("anchor", n_anchor, t.anchor.chunks)):
+            version = Version(role, step - 1)
+            if not n:  # an algorithm that samples nothing from these weights
+                rollout[role] = Rollouts.empty(version, len(prompts))
+                continue
+            refit_s += t.engine.refit(chunks, version)
+            rollout[role] = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(version)
         y, y_anchor = rollout["policy"].responses, rollout["anchor"].responses
 
     with clock.phase("scoring"):

@@ -39,6 +39,10 @@ VARIANTS = {
         "num_key_value_heads": 2, "sliding_window": 6, "sliding_window_pattern": 2, "query_pre_attn_scalar": 24,
         "rope_local_base_freq": 100.0, "num_labels": 1}),
 }
+# vLLM's CPU attention needs head_dim >= 32 (the vLLM engine's tests): the Gemma 1/2/3 variants at 32.
+for _name in ("gemma_mqa", "gemma2_gqa", "gemma3_gqa"):
+    _cls, _config, _overrides = VARIANTS[_name]
+    VARIANTS[f"{_name}_hd32"] = (_cls, _config, {**_overrides, "head_dim": 32})
 MULTIMODAL = ("Gemma3ForConditionalGeneration", "Gemma3ForSequenceClassification")
 
 

@@ -1,0 +1,46 @@
+"""The memory plan with the vLLM engine (rollout.engine=vllm): its pool replaces the native decode loop's
+buffers in the rollout and eval phases only (it sleeps in the others), a refit adds one tensor gathered
+whole, and a layout the engine refuses is refused by the planner too."""
+
+import dataclasses
+import subprocess
+import sys
+
+from megatron_bond.config import load_config
+from megatron_bond.memory import GiB, Allocation, plan
+from megatron_bond.resolve import resolve_config
+
+ALLOC = Allocation(nodes=1, gpus_per_node=8, gpu_memory_gb=80.0)
+RECIPE = "recipes/jbond_gemma2_9b.yaml"  # tp 8, pp 1
+
+
+def _cfg(*overrides, on_gpu=True):
+    return resolve_config(load_config(RECIPE, ["policy.ckpt=null", "reward.ckpt=null", *overrides]), on_gpu=on_gpu)
+
+
+def test_the_engine_pool_replaces_the_native_rollout_buffers_on_gpu():
+    native, vllm = plan(_cfg(), ALLOC), plan(_cfg("rollout.engine=vllm", "rollout.vllm_memory_fraction=0.3"), ALLOC)
+    # Gemma 2 9B: 256000 × 3584 bf16 embedding gathered whole at TP = 8; 0.3 of an 80 GiB GPU.
+    for phase in ("rollout", "eval"):
+        assert sorted(vllm.phases[phase].values()) == sorted([2 * 256000 * 3584, 0.3 * 80 * GiB])
+        assert not any(k.startswith("KV cache") for k in vllm.phases[phase])
+    assert {ph: v for ph, v in vllm.phases.items() if ph not in ("rollout", "eval")} == \
+        {ph: v for ph, v in native.phases.items() if ph not in ("rollout", "eval")}
+    assert vllm.resident == native.resident
+    larger = plan(_cfg("rollout.engine=vllm", "rollout.vllm_memory_fraction=0.5"), ALLOC)
+    # 0.2 of the GPU more, with the allocator's 10 % slack on it
+    assert abs(larger.phase_total("rollout") - vllm.phase_total("rollout") - 1.1 * 0.2 * 80 * GiB) < 1.0
+
+
+def test_on_cpu_the_engine_never_sleeps():
+    cfg = _cfg("rollout.engine=vllm", on_gpu=False)
+    cpu, native = plan(cfg, ALLOC, on_gpu=False), plan(dataclasses.replace(cfg, rollout=dataclasses.replace(
+        cfg.rollout, engine="native")), ALLOC, on_gpu=False)
+    extra = {k: v for k, v in cpu.resident.items() if k not in native.resident}
+    assert list(extra.values()) == [native.resident["policy weights"] + 1 * GiB]  # its weights + VLLM_CPU_KVCACHE_SPACE
+
+
+def test_the_planner_refuses_a_pipeline_the_engine_cannot_serve():
+    done = subprocess.run([sys.executable, "tools/plan_memory.py", "recipes/jbond_gemma2_27b.yaml", "rollout.engine=vllm",
+                           "--nodes", "2", "--gpus-per-node", "8"], capture_output=True, text=True)
+    assert done.returncode == 2 and "rollout.engine=vllm runs at pipeline size 1 (got pp=2)" in done.stderr
