@@ -61,8 +61,8 @@ class RolloutConfig:
     # weights, or "vllm", a colocated vLLM worker per rank refitted from them (rollout/vllm_engine.py).
     engine: Literal["native", "vllm"] = "native"
     # vllm: the share of the device's memory vLLM takes while it samples (its weights and KV cache; it
-    # sleeps, holding none, while the trainer runs). On CPU: of host memory (the KV cache is
-    # VLLM_CPU_KVCACHE_SPACE GiB).
+    # sleeps, holding none, while the trainer runs). On CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB
+    # instead (1 unless set: rollout/vllm_engine.py), held throughout.
     vllm_memory_fraction: float = 0.3
     max_new_tokens: int = 16
     batch_size: int = 16  # prompts per generate call (each with all its samples)
