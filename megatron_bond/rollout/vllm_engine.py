@@ -97,6 +97,10 @@ class VllmEngine:
             distributed_executor_backend="external_launcher", seed=cfg.run.seed,
             gpu_memory_utilization=cfg.rollout.vllm_memory_fraction, enable_sleep_mode=self.on_gpu,
             logprobs_mode="raw_logprobs", max_num_seqs=max(1, batch_size * 3),
+            # A prefill split over steps discards its first draw and rewinds the request's seeded generator;
+            # only CUDA generators rewind (vLLM's CPU worker raises "CPU Generator does not use offset"), so
+            # on CPU prompts are scheduled whole.
+            enable_chunked_prefill=self.on_gpu,
         )
         self.start_s = time.perf_counter() - started
         # vLLM's shutdown destroys its groups and then the default one: it runs first, at teardown (left to
