@@ -62,6 +62,9 @@ def check_supported(cfg, hf_dir: Path | None) -> None:
     if hf_dir is None or not (Path(hf_dir) / "config.json").is_file():
         raise ConfigError(f"rollout.engine=vllm needs the checkpoint's hf/config.json (vLLM builds the model "
                           f"from it); {hf_dir} has none")
+    # vLLM logs to stdout unless told otherwise (read when it is first imported): stdout carries the
+    # trainer's progress and the benchmarks' JSON lines.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm  # noqa: F401
     except ImportError as err:

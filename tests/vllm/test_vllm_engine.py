@@ -167,7 +167,7 @@ def test_generate_benchmark_runs_every_engine_side_by_side(vllm_python):
                            "--layers", "1", "--vocab", "500", "--repeats", "1", "--json"],
                           cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # stdout holds the JSON lines only
     assert [(r["engine"], r["batch"], r["samples_per_prompt"]) for r in lines] == [
         (e, b, n) for b in (2, 24) for n in (1, 3) for e in ("native", "vllm", "hf")]
     for r in lines:
