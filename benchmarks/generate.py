@@ -89,7 +89,8 @@ def main() -> None:
     from megatron_bond.config import ParallelConfig
     from megatron_bond.convert.convert import hf_to_megatron
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
-    from megatron_bond.rollout.engine import Version, build_engine
+    from megatron_bond.rollout.engine import build_engine
+    from megatron_bond.rollout.rollouts import Version
     from megatron_bond.rollout.sampling import SamplingParams
     from megatron_bond.runtime import destroy_distributed, init_distributed
 

@@ -30,7 +30,8 @@ def read_prompts(path: str | Path, text: TextSide, vocab_size: int) -> list[list
 
 def generate_file(args) -> int:
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
-    from megatron_bond.rollout.engine import Version, build_engine
+    from megatron_bond.rollout.engine import build_engine
+    from megatron_bond.rollout.rollouts import Version
     from megatron_bond.runtime import destroy_distributed, init_distributed
     from megatron_bond.runtime.batch import map_over_data_parallel
 

@@ -6,7 +6,8 @@ An engine holds weights per role; ``refit`` gives it a role's current weights an
 rollout carries that version, and ``Rollouts.require`` refuses one drawn from other weights than the
 trainer's current ones (an engine that missed a refit, or a rollout kept across an update). The losses
 never use the engine's log-probs: the trainer re-scores every response through its fused head, and
-``mismatch`` compares the two (the train/inference mismatch guard).
+``mismatch`` compares the two (the train/inference mismatch guard). Those types live in
+rollout/rollouts.py, which every engine imports.
 
 ``native`` is megatron-core's decode loop (rollout/generate.py) on the trainer's own model chunks, so
 its refit only records which chunks serve a role and costs nothing; it is the reference and the default.
@@ -16,61 +17,14 @@ its refit only records which chunks serve a role and costs nothing; it is the re
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from megatron_bond.config import ConfigError
 from megatron_bond.rollout.generate import generate
+from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, derived_seed
 from megatron_bond.rollout.sampling import SamplingParams
-
-ROLES = ("policy", "anchor", "reference")
-
-
-@dataclass(frozen=True)
-class Version:
-    """Which weights: a role and the step they are the weights after (π_ref: always 0)."""
-
-    role: str
-    step: int
-
-
-class StaleRollout(RuntimeError):
-    """A rollout drawn from weights other than the ones it is used with."""
-
-
-@dataclass
-class Rollouts:
-    version: Version
-    responses: list[list[list[int]]]  # [prompt][sample] tokens, the stop token included where one was sampled
-    logprobs: list[list[list[float]]]  # the sampler's log-prob of each token (rollout/sampling.py's definition)
-    seconds: float
-    computed: int = 0  # token positions the engine's forwards computed, and the non-padding ones of them
-    useful: int = 0
-
-    @classmethod
-    def empty(cls, version: Version, prompts: int) -> "Rollouts":
-        """No samples of any prompt (an algorithm that draws none from these weights)."""
-        return cls(version, [[] for _ in range(prompts)], [[] for _ in range(prompts)], 0.0)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(r) for rs in self.responses for r in rs)
-
-    def require(self, current: Version) -> "Rollouts":
-        if self.version != current:
-            raise StaleRollout(f"a rollout of the {self.version.role} weights after step {self.version.step} is used "
-                               f"where the {current.role} weights after step {current.step} are current: refused")
-        return self
-
-
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of names and numbers (stable across processes and platforms)."""
-    import hashlib
-
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class NativeEngine:
@@ -124,20 +78,3 @@ def build_engine(name: str, cfg, stop_ids: tuple[int, ...], max_new_tokens: int,
     if name not in ENGINES:
         raise ConfigError(f"rollout.engine {name!r}: this build has {sorted(ENGINES)}")
     return ENGINES[name](cfg, stop_ids, max_new_tokens, batch_size, hf_dir=hf_dir)
-
-
-def mismatch(engine_logprobs: list[list[float]], trainer_logprobs: list[torch.Tensor]) -> torch.Tensor:
-    """Sums over the sampled tokens of the engine's and the trainer's log-probs of the same responses, to
-    be summed over ranks (fp64): [Σ (log p_engine − log p_trainer), Σ k3, token count] and the largest
-    |difference|, where k3 = ρ − 1 − log ρ with ρ = p_trainer/p_engine (≥ 0, an estimate of
-    KL(engine ‖ trainer) under the engine's samples with less variance than the plain difference)."""
-    sums = torch.zeros(3, dtype=torch.float64)
-    worst = torch.zeros(1, dtype=torch.float64)
-    for eng, ours in zip(engine_logprobs, trainer_logprobs):
-        if not eng:
-            continue
-        log_ratio = ours.double() - torch.tensor(eng, dtype=torch.float64)  # log ρ
-        sums += torch.stack([-log_ratio.sum(), (log_ratio.exp() - 1 - log_ratio).sum(),
-                             torch.tensor(float(len(eng)), dtype=torch.float64)])
-        worst = torch.maximum(worst, log_ratio.abs().max().reshape(1))
-    return torch.cat([sums, worst])

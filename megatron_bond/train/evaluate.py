@@ -28,7 +28,7 @@ from megatron_bond.bond.estimates import (
     BON_NS, bon_kl, bon_quantile, curve_ns, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
 )
 from megatron_bond.runtime.batch import dp_share
-from megatron_bond.rollout.engine import Version
+from megatron_bond.rollout.rollouts import Version
 from megatron_bond.train.samples import TRAINING_SAMPLING, response_logprobs
 from megatron_bond.train.setup import Trainer
 

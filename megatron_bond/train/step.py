@@ -12,7 +12,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
-from megatron_bond.rollout.engine import Rollouts, Version, mismatch
+from megatron_bond.rollout.rollouts import Rollouts, Version, mismatch
 from megatron_bond.runtime.batch import dp_share, gather_dp, right_pad
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
 from megatron_bond.train.samples import (

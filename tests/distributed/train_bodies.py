@@ -109,7 +109,7 @@ def engine_refits(tp: int) -> dict:
     """The rollout engine around one training step: rollouts drawn before the update and used after it,
     an engine that missed a refit, and what each refit (policy, anchor, π_ref) draws with fixed seeds."""
     from megatron_bond.resolve import resolve_config
-    from megatron_bond.rollout.engine import StaleRollout, Version
+    from megatron_bond.rollout.rollouts import StaleRollout, Version
     from megatron_bond.train.samples import TRAINING_SAMPLING
     from megatron_bond.train.setup import build_trainer
     from megatron_bond.train.step import train_step

@@ -13,7 +13,7 @@ def refits(ckpts: list[str], tp: int, prompts: list[list[int]], max_new_tokens: 
     from megatron_bond.commands.score import score_rows
     from megatron_bond.config import ParallelConfig
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
-    from megatron_bond.rollout.engine import StaleRollout, Version
+    from megatron_bond.rollout.rollouts import StaleRollout, Version
     from megatron_bond.rollout.sampling import SamplingParams
     from megatron_bond.rollout.vllm_engine import VllmEngine
     from megatron_bond.runtime import destroy_distributed, init_distributed
