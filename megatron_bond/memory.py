@@ -286,7 +286,7 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
     sleep (level 2) in every other phase; it is counted with the allocator's slack, though vLLM's sleep-mode
     pool is its own (an overestimate of 10 % of it). On CPU it never sleeps: its weights (this rank's TP
     share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
-    import os
+    from megatron_bond.rollout.vllm_engine import cpu_kvcache_gib
 
     refit = {"refit: one tensor gathered whole over TP (the embedding)": gathered}
     phases["rollout"], phases["eval"] = dict(refit), dict(refit)
@@ -296,7 +296,7 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
                 cfg.rollout.vllm_memory_fraction * capacity)
     else:
         resident["vLLM engine: weights and KV cache (CPU: never asleep)"] = (
-            weights + float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * GiB)
+            weights + cpu_kvcache_gib() * GiB)
 
 
 def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, **kw) -> str | None:

@@ -54,7 +54,8 @@ def generate_file(args) -> int:
         engine.refit(load_model_checkpoint(args.ckpt, cfg), version)
 
         def run(batch):  # [(line index, prompt)]: each batch's seed from --seed and its first line
-            out = engine.sample("policy", [p for _, p in batch], 1, params, (args.seed, "generate"), batch[0][0])
+            first = batch[0][0] if batch else len(prompts)  # an empty share samples nothing
+            out = engine.sample("policy", [p for _, p in batch], 1, params, (args.seed, "generate"), first)
             return [(rs[0], lps[0]) for rs, lps in zip(out.require(version).responses, out.logprobs)]
 
         def rows():

@@ -34,6 +34,8 @@ def read_token_rows(path: str | Path, cfg: Config) -> list[list[int]]:
 
 def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
     """Each row's log-probs (list) or reward (float), on every rank."""
+    if not batch:
+        return []
     values = forward_rows(chunks, cfg, batch)
     if cfg.model.reward_head:
         return [values[i, len(r) - 1].item() for i, r in enumerate(batch)]

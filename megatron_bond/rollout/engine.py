@@ -2,7 +2,8 @@
 responses per prompt from the weights of one role (the policy, the anchor or π_ref) and get them back
 with the sampler's per-token log-probs and the version of the weights that drew them.
 
-An engine holds weights per role; ``refit`` gives it a role's current weights and their version. A
+An engine holds weights per role; ``refit`` gives it a role's current weights and their version, and
+``release`` (once the trainer's samples are drawn) gives its memory back and drops them all. A
 rollout carries that version, and ``Rollouts.require`` refuses one drawn from other weights than the
 trainer's current ones (an engine that missed a refit, or a rollout kept across an update). The losses
 never use the engine's log-probs: the trainer re-scores every response through its fused head, and
@@ -61,6 +62,11 @@ class NativeEngine:
                 logprobs += [out.logprobs[i * n : (i + 1) * n] for i in range(len(group))]
                 computed, useful = computed + out.computed, useful + out.useful
         return Rollouts(version, responses, logprobs, time.perf_counter() - start_time, computed, useful)
+
+    def release(self) -> None:
+        """The trainer's samples are drawn: the engine holds no role's weights until the next refit (every
+        engine's contract; here nothing is freed, the chunks are the trainer's)."""
+        self.weights.clear()
 
 
 def _vllm_engine(*args, **kwargs):

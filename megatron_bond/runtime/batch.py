@@ -14,13 +14,15 @@ def map_over_data_parallel(items: Sequence, fn: Callable[[list], list], batch_si
 
     Items go out in global chunks of ``batch_size`` per replica: replica r runs ``fn`` on its part of
     the chunk (the ranks of one replica together, for their model-parallel collectives), then every rank
-    gathers the chunk's results. Every rank must consume the iterator (it is made of collectives)."""
+    gathers the chunk's results. ``fn`` runs on an empty part too (the last chunk's), so that every rank
+    calls it equally often: an engine's steps may be collective over the replicas (vLLM's are). Every
+    rank must consume the iterator (it is made of collectives)."""
     from megatron.core import parallel_state as ps
 
     dp, replica = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     for start in range(0, len(items), batch_size * dp):
         mine = list(items[start + replica * batch_size : start + (replica + 1) * batch_size])
-        results = fn(mine) if mine else []
+        results = fn(mine)
         gathered = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, (replica, results))
         by_replica = dict(gathered)  # the ranks of one replica report the same results

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -215,7 +216,10 @@ def destroy_distributed() -> None:
     from megatron.core import parallel_state as ps
 
     while _TEARDOWN:
-        _TEARDOWN.pop()()
+        try:
+            _TEARDOWN.pop()()
+        except Exception as err:  # reported, not raised: the error being raised may be why we tear down
+            print(f"teardown: {type(err).__name__}: {err}", file=sys.stderr)
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():

@@ -57,7 +57,9 @@ def _evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
 
     def sample(role, chunks, n, version):
         t.engine.refit(chunks, version)
-        return t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (seed, "eval", role), first).require(version).responses
+        out = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (seed, "eval", role), first).require(version)
+        t.engine.release()  # scoring and the reward model come next
+        return out.responses
 
     y = [rs[0] for rs in sample("policy", t.policy, 1, Version("policy", step))]
     r_policy = t.reward(prompts, y)

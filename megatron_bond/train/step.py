@@ -45,6 +45,7 @@ def train_step(t: Trainer, step: int) -> dict:
                 continue
             refit_s += t.engine.refit(chunks, version)
             rollout[role] = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(version)
+        t.engine.release()  # the trainer's phases get the engine's memory (vLLM on GPU: asleep)
         y, y_anchor = rollout["policy"].responses, rollout["anchor"].responses
 
     with clock.phase("scoring"):

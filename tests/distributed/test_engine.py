@@ -22,7 +22,8 @@ def _moved(a: list[float], b: list[float]) -> float:
 def test_versions_refits_and_the_mismatch_telemetry(tp):
     out = run_ranks("tests.distributed.train_bodies:engine_refits", tp, {"tp": tp}, timeout=240)
     for got in out:
-        # Drawn before the update, used after it (policy, anchor), and an engine that missed the refit.
+        # Drawn before the update, used after it (policy, anchor), and an engine that missed the refit
+        # (the step released it: it holds no weights).
         assert got["stale"] == [True, True, True] and not got["fresh_refused"]
         # lr 1e-3 moves the policy (log-probs change by far more than rounding); η = 0.02 of that moves
         # the anchor less but still; π_ref is the initial policy: its draws are the policy's before the

@@ -117,9 +117,9 @@ def engine_refits(tp: int) -> dict:
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*TINY, f"parallel.tp={tp}"]))
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
 
-    def refused(rollout, version) -> bool:
+    def refused(fn) -> bool:
         try:
-            rollout.require(version)
+            fn()
         except StaleRollout:
             return True
         return False
@@ -132,15 +132,16 @@ def engine_refits(tp: int) -> dict:
         t.engine.refit(t.anchor.chunks, Version("anchor", 0))
         before, anchor_before = draw("policy"), draw("anchor")
         row = train_step(t, 1)  # refits both at version 0 itself, then moves the policy and the anchor
-        stale = [refused(before, Version("policy", 1)), refused(anchor_before, Version("anchor", 1)),
-                 refused(draw("policy"), Version("policy", 1))]  # the step refitted version 0 only
+        # The step refitted version 0, then released the engine: a draw that missed the refit is refused.
+        stale = [refused(lambda: before.require(Version("policy", 1))),
+                 refused(lambda: anchor_before.require(Version("anchor", 1))), refused(lambda: draw("policy"))]
         t.engine.refit(t.policy, Version("policy", 1))
         t.engine.refit(t.anchor.chunks, Version("anchor", 1))
         after, anchor_after = draw("policy").require(Version("policy", 1)), draw("anchor")
         with t.ref.loaded_into(t.anchor) as ref_chunks:
             t.engine.refit(ref_chunks, Version("reference", 0))
             reference = draw("reference")
-        fresh = refused(after, Version("policy", 1))
+        fresh = refused(lambda: after.require(Version("policy", 1)))
         flat = lambda r: [x for lps in r.logprobs for lp in lps for x in lp]  # noqa: E731
         return {"row": row, "stale": stale, "fresh_refused": fresh,
                 **{name: flat(r) for name, r in (("before", before), ("after", after), ("anchor_before", anchor_before),

@@ -6,6 +6,8 @@ import dataclasses
 import subprocess
 import sys
 
+import pytest
+
 from megatron_bond.config import load_config
 from megatron_bond.memory import GiB, Allocation, plan
 from megatron_bond.resolve import resolve_config
@@ -32,12 +34,18 @@ def test_the_engine_pool_replaces_the_native_rollout_buffers_on_gpu():
     assert abs(larger.phase_total("rollout") - vllm.phase_total("rollout") - 1.1 * 0.2 * 80 * GiB) < 1.0
 
 
-def test_on_cpu_the_engine_never_sleeps():
+@pytest.mark.parametrize("kv_gib", [None, "3"])
+def test_on_cpu_the_engine_never_sleeps(monkeypatch, kv_gib):
+    if kv_gib is None:
+        monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", kv_gib)
     cfg = _cfg("rollout.engine=vllm", on_gpu=False)
     cpu, native = plan(cfg, ALLOC, on_gpu=False), plan(dataclasses.replace(cfg, rollout=dataclasses.replace(
         cfg.rollout, engine="native")), ALLOC, on_gpu=False)
     extra = {k: v for k, v in cpu.resident.items() if k not in native.resident}
-    assert list(extra.values()) == [native.resident["policy weights"] + 1 * GiB]  # its weights + VLLM_CPU_KVCACHE_SPACE
+    # its weights + its KV cache: VLLM_CPU_KVCACHE_SPACE GiB, 1 unless set
+    assert list(extra.values()) == [native.resident["policy weights"] + float(kv_gib or 1) * GiB]
 
 
 def test_the_planner_refuses_a_pipeline_the_engine_cannot_serve():

@@ -9,9 +9,10 @@ def refits(ckpts: list[str], tp: int, prompts: list[list[int]], max_new_tokens: 
            stop_ids: tuple = ()) -> dict:
     """One vLLM engine refitted in turn with two checkpoints' weights (policy ← 0, anchor ← 1, reference ← 0,
     policy ← 1), sampling after each, with every sample re-scored by the trainer under both models; and
-    what sampling a role the engine does not hold, and using a rollout of an older version, raise."""
+    what sampling a role the engine does not hold, using a rollout of an older version, a temperature vLLM
+    refuses and sampling after ``release`` raise."""
     from megatron_bond.commands.score import score_rows
-    from megatron_bond.config import ParallelConfig
+    from megatron_bond.config import ConfigError, ParallelConfig
     from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config
     from megatron_bond.rollout.rollouts import StaleRollout, Version
     from megatron_bond.rollout.sampling import SamplingParams
@@ -45,6 +46,15 @@ def refits(ckpts: list[str], tp: int, prompts: list[list[int]], max_new_tokens: 
             got.require(Version("policy", step + 1))
         except StaleRollout as err:
             out["stale_version"] = str(err)
+        try:
+            engine.sample("policy", prompts, 1, SamplingParams(temperature=3.0), (7, 9, "policy"), 0)
+        except ConfigError as err:
+            out["bad_temperature"] = str(err)
+        engine.release()
+        try:
+            engine.sample("policy", prompts, 1, params, (7, 9, "policy"), 0)
+        except StaleRollout as err:
+            out["released"] = str(err)
         return out
     finally:
         destroy_distributed()
