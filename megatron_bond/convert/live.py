@@ -42,7 +42,7 @@ PARTITION_DIM = {"word_embeddings.weight": 0, "output_layer.weight": 0, "linear_
 
 
 def partition_dim(key: str) -> int | None:
-    return next((dim for suffix, dim in PARTITION_DIM.items() if key.endswith("." + suffix) or key == suffix), None)
+    return next((dim for suffix, dim in PARTITION_DIM.items() if key.endswith("." + suffix)), None)
 
 
 def full_tensor(key: str, param: Tensor, kind: str) -> Tensor:
@@ -64,7 +64,5 @@ def hf_tensors(chunks: list, cfg: Config) -> Iterator[tuple[str, Tensor]]:
                           "virtual stages)")
     params = {canonical_key(k): p for k, p in unwrap(chunks[0]).named_parameters()}  # TE's names as the local spec's
     for rule in rules_for(cfg.model):
-        if rule.megatron == "reward_head.weight":  # a reward model's head: no causal LM has it
-            continue
         for mk, hk in rule.expand(cfg.model.num_layers):
             yield from zip(hk, to_hf(rule.kind, full_tensor(mk, params[mk], rule.kind), cfg.model))
