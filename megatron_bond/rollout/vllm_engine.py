@@ -128,9 +128,7 @@ class VllmEngine:
         self.tied_head = cfg.model.tie_embeddings and hasattr(model, "lm_head")  # see _with_tied_head
         self.loaded: Version | None = None  # the weights the engine holds
         self.asleep = False
-        if self.on_gpu:  # nothing to sample before the first refit: the trainer builds beside an empty engine
-            self.llm.sleep(level=2)
-            self.asleep = True
+        self.release()  # nothing to sample before the first refit: the trainer builds beside an empty engine
 
     def _with_tied_head(self, tensors):
         """vLLM's Gemma 1 and 3 keep a tied ``lm_head`` module that shares the embedding's parameter; its
