@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
+from megatron_bond.ops.attention import CHUNK_BUDGET_ELEMENTS as ATTENTION_CHUNK_ELEMENTS
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
 from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
 from megatron_bond.phases import PHASES
@@ -82,8 +83,32 @@ def _seq(cfg: Config) -> int:
     return min(cfg.model.max_seq_length, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
 
 
-def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch: int, last_stage: bool = True) -> int:
-    """Bytes the layers of one stage save for backward on one microbatch (no recomputation), counted
+def quadratic_attention(m: ModelConfig) -> bool:
+    """Whether the attention forms [b, heads, s, s] scores: the eager reference path (model.attention_impl),
+    and the gpt family's megatron-core attention; Gemma's other paths are linear in s (ops/attention.py)."""
+    return m.family == "gpt" or m.attention_impl == "eager"
+
+
+def attention_scratch(m: ModelConfig, tp: int, batch: int, queries: int, keys: int, on_gpu: bool,
+                      backward: bool = False) -> int:
+    """Bytes of fp32 scores one attention call holds at once (freed when it returns), ops/attention.py:
+    the eager path's whole [b, heads, sq, sk] (scores and softmax, 8 bytes a pair; in training they are
+    activations instead, activation_bytes); none for FlexAttention and SDPA (CUDA, whole sequences); the
+    chunked path's one chunk, at most CHUNK_BUDGET_ELEMENTS unless one query of every row against every
+    key is more (a chunk holds at least one query: a decode step), 3 such tensors in forward, 5 in backward."""
+    heads = m.num_attention_heads // tp
+    pairs = batch * heads * queries * keys
+    if quadratic_attention(m):
+        return 0 if backward else 8 * pairs
+    if on_gpu and m.attention_impl in ("auto", "flex") and queries == keys:
+        return 0
+    budget = ATTENTION_CHUNK_ELEMENTS["cuda" if on_gpu else "cpu"]
+    return (5 if backward else 3) * 4 * min(pairs, max(budget, batch * heads * keys))
+
+
+def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch: int, last_stage: bool = True,
+                     recompute: str = "none", on_gpu: bool = False) -> int:
+    """Bytes the layers of one stage save for backward on one microbatch, counted
     from what autograd keeps alive in this package's local layers (measured op by op on CPU:
     tests/distributed/test_memory_plan.py). Per layer and token (b: bytes of the model dtype):
     - each RMSNorm (input, pre-MLP; Gemma 2/3 also post-attention, post-MLP): an fp32 copy of its input
@@ -93,10 +118,17 @@ def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch
       (2·heads + 3·groups)·d/t; Gemma 3's q/k norms 8·(heads + groups)·d/t;
     - the gated MLP: fc1's output 2f/t, the activation, its product with the up half and one more
       f/t-sized intermediate, 5f/t in all;
-    per (query, key) pair and local head: the softcapped scores (model dtype, with a softcap), the fp32
-    softmax and its cast to the model dtype (none in fp32); per pair once per layer: the bool mask; per
-    position: RoPE's cos and sin for q and k. The last stage adds the final norm's 8·h per token.
+    - the core attention (ops/attention.py) saves views of q, k, v (counted above) and its fp32
+      log-sum-exp, 4·heads/t; FlexAttention (CUDA) also its output, b·heads·d/t; the quadratic paths
+      (``quadratic_attention``) per (query, key) pair and local head the softcapped scores (model dtype,
+      with a softcap), the fp32 softmax and its cast to the model dtype (none in fp32), and per pair once
+      per layer the bool mask; none of these under selective recompute, which keeps only the inputs;
+    per position: RoPE's cos and sin for q and k. The last stage adds the final norm's 8·h per token.
+    ``recompute`` "full": each layer's input (b·h per token) and one layer's activations at a time.
     """
+    if recompute == "full":
+        return (layers * micro_batch * seq * m.hidden_size * DTYPE_BYTES[m.params_dtype]
+                + activation_bytes(m, tp, 1, seq, micro_batch, last_stage, on_gpu=on_gpu))
     b = DTYPE_BYTES[m.params_dtype]
     d = m.kv_channels or m.hidden_size // m.num_attention_heads
     heads, groups = m.num_attention_heads // tp, max(1, (m.num_query_groups or m.num_attention_heads) // tp)
@@ -104,19 +136,31 @@ def activation_bytes(m: ModelConfig, tp: int, layers: int, seq: int, micro_batch
     norms = 4 if m.post_norms else 2
     per_token = (8 * norms * h + b * (2 * h + heads * d) + b * (2 * heads + 3 * groups) * d + b * 5 * f
                  + (8 * (heads + groups) * d if m.qk_norm else 0))
-    per_pair = heads * micro_batch * (4 + (b if m.attn_logit_softcap else 0) + (b if b != 4 else 0)) + 1
+    per_pair = 0
+    if recompute != "selective":
+        if quadratic_attention(m):
+            per_pair = heads * micro_batch * (4 + (b if m.attn_logit_softcap else 0) + (b if b != 4 else 0)) + 1
+        else:
+            per_token += 4 * heads + (b * heads * d if on_gpu and m.attention_impl in ("auto", "flex") else 0)
     per_layer = micro_batch * seq * per_token + seq * seq * per_pair + 4 * seq * d * b
     return layers * per_layer + (8 * h * seq * micro_batch if last_stage else 0)
 
 
-def no_grad_layer_bytes(m: ModelConfig, tp: int, seq: int, batch: int) -> int:
-    """The intermediates one layer's forward holds at once without autograd (prefill, scoring), from above:
-    the residual stream in and out (2·h per token), the gated MLP's widest chain (fc1's 2f/t output, the
-    activation and the product, 4f/t) in the model dtype, and per (query, key) pair and local head the fp32
-    scores and their softmax. Measured against live tensor bytes in tests/distributed/test_memory_plan.py."""
+def no_grad_layer_bytes(m: ModelConfig, tp: int, seq: int, batch: int, on_gpu: bool = True) -> int:
+    """The intermediates one layer's forward holds at once without autograd (prefill, scoring), per token
+    (b: bytes of the model dtype): the residual stream in and out, 2·h·b, and the larger of the MLP's
+    moment (the pre-MLP norm's fp32 input copy and output 8·h, the gated chain's fc1 output, activation and
+    product 4f/t·b) and the attention's (the input norm's 8·h; the fused qkv output and rotated q, k
+    (2·heads + 3·groups)·d/t·b; the context and its [s, b, h] copy 2·heads·d/t·b; plus the scores of
+    ``attention_scratch``). Measured against live tensor bytes in tests/distributed/test_memory_plan.py."""
     b = DTYPE_BYTES[m.params_dtype]
-    heads = m.num_attention_heads // tp
-    return batch * seq * b * (2 * m.hidden_size + 4 * m.ffn_hidden_size // tp) + batch * heads * seq * seq * 8
+    d = m.kv_channels or m.hidden_size // m.num_attention_heads
+    heads, groups = m.num_attention_heads // tp, max(1, (m.num_query_groups or m.num_attention_heads) // tp)
+    tokens = batch * seq
+    mlp = tokens * (8 * m.hidden_size + 4 * b * m.ffn_hidden_size // tp)
+    attention = (tokens * (8 * m.hidden_size + b * (4 * heads + 3 * groups) * d)
+                 + attention_scratch(m, tp, batch, seq, seq, on_gpu))
+    return tokens * 2 * b * m.hidden_size + max(mlp, attention)
 
 
 def fc1_params(m: ModelConfig, tp: int, layers: int) -> int:
@@ -183,12 +227,14 @@ class Plan:
 
 
 def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_gpu: bool = True,
-         distributed_optimizer: bool | None = None, recompute: bool = False) -> Plan:
+         distributed_optimizer: bool | None = None, recompute: str | None = None) -> Plan:
     """Per-phase bytes per GPU of the fullest pipeline stage: each stage is counted with its own
     parameters, layers and microbatches in flight (1F1B: pp − s on stage s), and the stage whose
-    largest phase is largest wins. ``cfg`` is resolved (resolve_config): its model dtype trains."""
+    largest phase is largest wins. ``cfg`` is resolved (resolve_config): its model dtype trains.
+    ``recompute``: parallel.recompute's modes; None: the config's."""
     m, p = cfg.model, cfg.parallel
     tp, pp = p.tp, p.pp
+    recompute = recompute or p.recompute
     dp = alloc.world // (tp * pp)
     wanted = cfg.optimizer.distributed if distributed_optimizer is None else distributed_optimizer
     dist_opt = on_gpu if wanted is None else wanted
@@ -214,15 +260,14 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     def stage(s: int) -> Plan:
         n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
         inflight = min(pp - s, microbatches)
-        acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last) if not recompute
-                else layers * p.micro_batch_size * seq * m.hidden_size * w
-                + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
+        acts = activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last, recompute=recompute,
+                                on_gpu=on_gpu)
         rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
         # Every model-space tensor a checkpoint holds, in bytes per parameter: policy weights, the anchor's
         # fp32 shadow and (not under the distributed optimizer, whose state is flat) Adam and the masters.
         saved_per_param = w + 4 + (0 if dist_opt else 8 + (4 if w != 4 else 0))
         fc1 = saved_per_param * fc1_params(m, tp, layers)
-        scoring_layer = no_grad_layer_bytes(m, tp, seq, cfg.rollout.score_batch_size)
+        scoring_layer = no_grad_layer_bytes(m, tp, seq, cfg.rollout.score_batch_size, on_gpu)
         resident = {
             "policy weights": w * n,
             "policy gradients (fp32 buffer)": 4 * n,
@@ -235,20 +280,24 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         phases = {
             "rollout": {f"KV cache, {rollout_batch} sequences": kv_cache_bytes(m, tp, layers, rollout_batch, seq),
                         "next-token logits (vocab shard) and sampling": next_token_logits(rollout_batch) if last else 0,
-                        "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch)},
+                        "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch, on_gpu),
+                        "decode step: attention scores": attention_scratch(m, tp, rollout_batch, 1, seq, on_gpu)},
             "scoring": {"one layer's intermediates, no grad": scoring_layer,
                         "reward model: one layer's intermediates": no_grad_layer_bytes(
-                            reward, tp, seq, cfg.reward.batch_size) if reward else 0,
+                            reward, tp, seq, cfg.reward.batch_size, on_gpu) if reward else 0,
                         "fused scoring head (fp32 chunk)":
                             4 * _logit_chunk(m, tp, cfg.rollout.score_batch_size * seq) if last else 0},
-            "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
-                      inflight * acts,
+            "train": {"training activations" + (f" ({recompute} recompute)" if recompute != "none" else "")
+                      + f" × {inflight} in flight": inflight * acts,
+                      "attention backward: one chunk's scores": attention_scratch(
+                          m, tp, p.micro_batch_size, seq, seq, on_gpu, backward=True),
                       "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
                       "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
             # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
                      "next-token logits (vocab shard) and sampling": next_token_logits(eval_batch) if last else 0,
-                     "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, eval_batch)},
+                     "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, eval_batch, on_gpu),
+                     "decode step: attention scores": attention_scratch(m, tp, eval_batch, 1, seq, on_gpu)},
             # Under the distributed optimizer the anchor's shards are assembled into whole fp32 tensors and
             # flattened for the all-reduce: two fp32 copies. dist_checkpointing loads into the template's
             # tensors in place; the distributed optimizer's state template is counted as fresh buffers.
@@ -316,8 +365,9 @@ def smallest_change(cfg: Config, alloc: Allocation, reward: ModelConfig | None, 
             return False
         return plan(c, a, reward, **{**kw, **extra}).fits
 
-    if fits(cfg, alloc, recompute=True):
-        return "full activation recompute (parallel.recompute=true)"
+    for mode in ("selective", "full")[("none", "selective", "full").index(cfg.parallel.recompute):]:
+        if fits(cfg, alloc, recompute=mode):
+            return f"{mode} activation recompute (parallel.recompute={mode})"
     par = cfg.parallel
     if par.micro_batch_size > 1 and fits(dataclasses.replace(cfg, parallel=dataclasses.replace(par, micro_batch_size=1)), alloc):
         return "parallel.micro_batch_size=1"

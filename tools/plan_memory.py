@@ -75,7 +75,7 @@ def main() -> int:
         if cfg.parallel.tp > alloc.gpus_per_node:
             print(f"warning: tp={cfg.parallel.tp} spans nodes ({alloc.gpus_per_node} GPUs each): every layer's "
                   "all-reduces then cross the network; keep TP within a node where the model fits")
-        result = plan(cfg, alloc, reward, on_gpu=on_gpu, recompute=cfg.parallel.recompute)
+        result = plan(cfg, alloc, reward, on_gpu=on_gpu)
         change = None if result.fits else smallest_change(cfg, alloc, reward, on_gpu=on_gpu)
     except ConfigError as err:
         print(f"plan_memory: {err}", file=sys.stderr)

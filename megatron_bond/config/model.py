@@ -13,7 +13,10 @@ class ParallelConfig:
     pp: int = 1
     vpp: Optional[int] = None  # virtual pipeline chunks per stage (interleaved 1F1B): refused for now
     micro_batch_size: int = 1
-    recompute: bool = False  # full activation recompute, layer by layer (megatron-core's uniform method)
+    # Activation recomputation, megatron-core's meanings: "selective" recomputes the core attention in
+    # backward (its inputs saved; with the linear-memory attention that saves only its fp32 log-sum-exp),
+    # "full" keeps only each layer's input and recomputes the layer (the uniform method, one layer a time).
+    recompute: Literal["none", "selective", "full"] = "none"
     # Sequence parallelism (TP > 1): norms, residuals and dropout on sequence shards in training; the
     # rollouts and scoring passes run without it (as megatron-core's own inference does).
     sequence_parallel: bool = False

@@ -86,7 +86,9 @@ class GemmaCoreAttention(DotProductAttention):
             cu_seqlens = packed_documents(packed_seq_params)
             query, key, value = (t.unsqueeze(1) for t in (query, key, value))
         sq, b, heads, dim = query.shape
-        q, k, v = (t.permute(1, 2, 0, 3).contiguous() for t in (query, key, value))  # [b, heads|groups, s, dim]
+        # [b, heads|groups, s, dim] views: the attention saves them for backward, and views of the tensors
+        # the layer keeps anyway (the rotated q, k; the fused qkv output) cost no memory of their own
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         out = attention(q, k, v, scale=self.softmax_scale, softcap=self.cap, window=self.window,
                         mask=attention_mask, cu_seqlens=cu_seqlens, impl=self.impl)
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)

@@ -49,6 +49,15 @@ class BondTransformerConfig(TransformerConfig):
     attention_impl: str = "auto"  # Gemma's core attention path (ModelConfig.attention_impl)
 
 
+# parallel.recompute as megatron-core's TransformerConfig fields ("selective": its default module, core_attn).
+RECOMPUTE = {
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},
+    # Keep only each layer's input; recompute the rest in backward.
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
+
+
 def _te_available() -> bool:
     if not torch.cuda.is_available():
         return False
@@ -124,9 +133,7 @@ def transformer_config(cfg: Config) -> BondTransformerConfig:
         apply_rope_fusion=False,
         # gloo has no batched isend/irecv sync semantics on CPU; per-op p2p is exact there.
         batch_p2p_comm=on_gpu,
-        # Keep only each layer's input; recompute the rest in backward.
-        **({"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
-           if p.recompute else {}),
+        **RECOMPUTE[p.recompute],
     )
 
 

@@ -106,20 +106,23 @@ def _hidden(q0: int, q1: int, k0: int, k1: int, off: int, window, mask, docs, de
     return hidden
 
 
-def _scores(q: Tensor, k: Tensor, q0: int, q1: int, k0: int, k1: int, scale: float, softcap) -> tuple[Tensor, Tensor | None]:
-    """fp32 scores [b, heads, q1 − q0, k1 − k0] of a chunk, softcapped, and tanh(s / cap) for backward
-    (None without a softcap). The product, scale and softcap in the model dtype, as HF's eager attention
+def _scores(q: Tensor, k: Tensor, q0: int, q1: int, k0: int, k1: int, scale: float, softcap,
+            keep_tanh: bool = False) -> tuple[Tensor, Tensor | None]:
+    """fp32 scores [b, heads, q1 − q0, k1 − k0] of a chunk, softcapped, and with ``keep_tanh`` tanh(s / cap)
+    for backward (else None). In place where the model dtype is fp32: one [chunk] tensor, not four. The product, scale and softcap in the model dtype, as HF's eager attention
     (and the eager path) round them: in bf16 the two agree to the order of a kernel's sums, not merely to
     bf16's 8 bits of the scores; then fp32 for the mask and softmax."""
     b, heads, _, d = q.shape
     groups = k.size(1)
     qc = q[:, :, q0:q1].reshape(b, groups, -1, d)  # [b, g, r·cq, d]: the heads of a group are rows
-    s = torch.matmul(qc, k[:, :, k0:k1].transpose(-1, -2)).view(b, heads, q1 - q0, k1 - k0) * scale
+    s = torch.matmul(qc, k[:, :, k0:k1].transpose(-1, -2)).view(b, heads, q1 - q0, k1 - k0).mul_(scale)
     acc = _acc(q)
     if not softcap:
         return s.to(acc), None
-    t = torch.tanh(s / softcap)
-    return (t * softcap).to(acc), t
+    t = s.div_(softcap).tanh_()
+    if keep_tanh:
+        return (t * softcap).to(acc), t
+    return t.mul_(softcap).to(acc), None
 
 
 def _acc(q: Tensor) -> torch.dtype:
@@ -171,7 +174,7 @@ class _ChunkedAttention(torch.autograd.Function):
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         groups = k.size(1)
         for q0, q1, k0, k1 in spans:
-            z, t = _scores(q, k, q0, q1, k0, k1, scale, softcap)
+            z, t = _scores(q, k, q0, q1, k0, k1, scale, softcap, keep_tanh=True)
             z.masked_fill_(_hidden(q0, q1, k0, k1, sk - sq, window, mask, docs, q.device), torch.finfo(z.dtype).min)
             p = z.sub_(lse[:, :, q0:q1].unsqueeze(-1)).exp_()
             do = dout[:, :, q0:q1]

@@ -52,7 +52,7 @@ def saved_activations(tp: int, seq: int, micro_batch: int) -> dict:
     from megatron_bond.memory import activation_bytes
     from megatron_bond.models.gpt import build_model
 
-    cfg = load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}"])
+    cfg = load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}", f"model.max_seq_length={max(seq, 512)}"])
     init_distributed(ParallelConfig(tp=tp), seed=0)
     try:
         (model,) = build_model(cfg)
@@ -72,6 +72,36 @@ def saved_activations(tp: int, seq: int, micro_batch: int) -> dict:
                           rotary_pos_emb=model.rotary_pos_emb(seq))
         return {"measured": sum(seen.values()),
                 "planned": activation_bytes(cfg.model, tp, cfg.model.num_layers, seq, micro_batch)}
+    finally:
+        destroy_distributed()
+
+
+def no_grad_peak(seq: int, batch: int) -> dict:
+    """Peak of live tensor bytes (the CPU allocator's events) above the start of one no-grad forward of the
+    layers (scoring, a prefill), against what the planner counts for it: no_grad_layer_bytes (one layer's
+    intermediates at a time, on CPU; the layers' input exists before)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.memory import no_grad_layer_bytes
+    from megatron_bond.models.gpt import build_model
+
+    cfg = load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"model.max_seq_length={seq}"])
+    init_distributed(ParallelConfig(), seed=0)
+    try:
+        (model,) = build_model(cfg)
+        tokens = torch.randint(4, 256, (batch, seq))
+        positions = torch.arange(seq).expand(batch, seq)
+        with torch.no_grad():
+            hidden = model.embedding(tokens, positions)
+            rope = model.rotary_pos_emb(seq)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                model.decoder(hidden, attention_mask=None, rotary_pos_emb=rope)
+        level = peak = 0
+        for e in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"):
+            level += e[1]
+            peak = max(peak, level)
+        return {"measured": peak, "planned": no_grad_layer_bytes(cfg.model, 1, seq, batch, on_gpu=False)}
     finally:
         destroy_distributed()
 

@@ -25,11 +25,22 @@ def test_parameter_gradient_and_optimizer_bytes_equal_the_allocation(tp, pp):
             assert measured == planned, (item, measured, planned)
 
 
-@pytest.mark.parametrize("tp,seq,micro_batch", [(1, 256, 2), (2, 512, 1)])
+# 4096 tokens: where the old path's per-(query, key) terms (scores, softmax, mask: 4096² × 4 heads × 9
+# bytes per layer, 2.3 GiB for 4 layers) would have been 30 times everything else.
+@pytest.mark.parametrize("tp,seq,micro_batch", [(1, 256, 2), (2, 512, 1), (1, 4096, 1)])
 def test_activations_within_25_percent_of_what_autograd_saves(tp, seq, micro_batch):
     for rank in run_ranks("tests.distributed.memory_bodies:saved_activations", tp,
                           {"tp": tp, "seq": seq, "micro_batch": micro_batch}, timeout=240):
         assert abs(rank["planned"] - rank["measured"]) <= 0.25 * rank["measured"], rank
+
+
+@pytest.mark.parametrize("seq,batch", [(64, 8), (4096, 1)])
+def test_no_grad_forward_peak_is_within_the_plan(seq, batch):
+    """Scoring's and a prefill's forward, at a short length and at 4096 tokens (where [s, s] scores would
+    dominate): the peak of live tensor bytes is at most the plan's (one layer's intermediates beside the
+    residual stream), plus bookkeeping, and at least a third of it (a plan that counts the right buffers)."""
+    (rank,) = run_ranks("tests.distributed.memory_bodies:no_grad_peak", 1, {"seq": seq, "batch": batch}, timeout=240)
+    assert rank["measured"] <= rank["planned"] + BOOKKEEPING and rank["planned"] <= 3 * rank["measured"], rank
 
 
 def test_the_five_gemma_recipes_are_planned():

@@ -105,10 +105,11 @@ def test_bond_and_reinforce_steps_run(algorithm):
         assert torch.equal(got["anchor"][key], got["before"][key])  # fixed at π_ref
 
 
-def test_full_recompute_changes_nothing():
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_recompute_changes_nothing(mode):
     """parallel.recompute (what the memory planner suggests first) recomputes each layer in backward:
     the same step at TP=2 as TP=1 without it."""
-    assert_same_step(step_at(2, 1, 1, ("parallel.recompute=true",)), step_at(1, 1))
+    assert_same_step(step_at(2, 1, 1, (f"parallel.recompute={mode}",)), step_at(1, 1))
 
 
 # The tiny recipe's sizes as a Gemma 2 (the plain GPT family's torch norms do not support sequence
