@@ -46,6 +46,7 @@ VARIANTS["gemma2_long"] = ("Gemma2ForCausalLM", "Gemma2Config", {
 VARIANTS["gemma3_long"] = ("Gemma3ForCausalLM", "Gemma3TextConfig", {
     "num_hidden_layers": 2, "num_key_value_heads": 2, "sliding_window": 1000, "sliding_window_pattern": 2,
     "query_pre_attn_scalar": 24, "rope_local_base_freq": 100.0, "max_position_embeddings": 4096})
+VARIANTS["gemma2_16k"] = ("Gemma2ForCausalLM", "Gemma2Config", {**VARIANTS["gemma2_long"][2], "max_position_embeddings": 16384})
 # vLLM's CPU attention needs head_dim >= 32 (the vLLM engine's tests): the Gemma 1/2/3 variants at 32.
 for _name in ("gemma_mqa", "gemma2_gqa", "gemma3_gqa"):
     _cls, _config, _overrides = VARIANTS[_name]
