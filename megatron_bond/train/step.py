@@ -12,6 +12,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
+from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
 from megatron_bond.rollout.rollouts import Rollouts, Version, mismatch
 from megatron_bond.runtime.batch import dp_share, gather_dp
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
@@ -45,7 +46,8 @@ def train_step(t: Trainer, step: int) -> dict:
                 rollout[role] = Rollouts.empty(version, len(prompts))
                 continue
             refit_s += t.engine.refit(chunks, version)
-            rollout[role] = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(version)
+            rollout[role] = sample_in_waves(t.engine, role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role),
+                                            first, samples_per_wave(cfg)).require(version)
         t.engine.release()  # the trainer's phases get the engine's memory (vLLM on GPU: asleep)
         y, y_anchor = rollout["policy"].responses, rollout["anchor"].responses
 
