@@ -132,27 +132,33 @@ def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[i
     the update, (label positions trained, input positions computed: the padding included))."""
     cfg = t.cfg
     device = next(t.policy[0].parameters()).device
-    rows = [p + r for p, r in zip(prompts, responses)]
-    weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], max(map(len, rows)) - 1)
-    split = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # sequence parallelism splits the positions
-    if cfg.train.packing:
-        micro = pack_rows(rows, cfg.train.max_tokens_per_microbatch, pad_id=cfg.model.pad_token_id, weights=weights,
-                          multiple_of=split, same_size=cfg.parallel.pp > 1)
-    else:
-        micro = padded_microbatches(rows, cfg.parallel.micro_batch_size, pad_id=cfg.model.pad_token_id,
-                                    weights=weights, multiple_of=split)
-    loss = _forward_backward(t, [m.to(device) for m in micro])
+    micro = training_microbatches(cfg, prompts, responses, coef)
+    t.optimizer.zero_grad()
+    loss = forward_backward(t.policy, [m.to(device) for m in micro])
     update = apply_update(t.optimizer, t.scheduler, cfg.optimizer.clip_grad)
-    trained = torch.tensor([float(sum(len(r) - 1 for r in rows)), float(sum(m.size for m in micro))],
-                           dtype=torch.float64, device=device)
+    trained = torch.tensor([float(sum(len(p) + len(r) - 1 for p, r in zip(prompts, responses))),
+                            float(sum(m.size for m in micro))], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
     return loss, update, tuple(trained.tolist())
 
 
-def _forward_backward(t: Trainer, micro: list[Pack]) -> float:
-    """Gradients of Σ w·log π(labels) accumulated over the microbatches (1F1B under PP, which sends
-    one shape per pass: the packs of a pass have one size, the padded microbatches one width) and summed
-    over data-parallel ranks; returns the global batch's loss."""
+def training_microbatches(cfg, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor) -> list[Pack]:
+    """This rank's (prompt + response) rows with each response's coefficient on its labels: packed under
+    train.max_tokens_per_microbatch (train.packing), else right-padded in parallel.micro_batch_size rows."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], max(map(len, rows)) - 1)
+    split = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # sequence parallelism splits the positions
+    if cfg.train.packing:
+        return pack_rows(rows, cfg.train.max_tokens_per_microbatch, pad_id=cfg.model.pad_token_id, weights=weights,
+                         multiple_of=split, same_size=cfg.parallel.pp > 1)
+    return padded_microbatches(rows, cfg.parallel.micro_batch_size, pad_id=cfg.model.pad_token_id, weights=weights,
+                               multiple_of=split)
+
+
+def forward_backward(policy: list, micro: list[Pack]) -> float:
+    """Gradients of Σ w·log π(labels) in the policy's (DDP-wrapped) chunks, accumulated over the
+    microbatches (1F1B under PP, which sends one shape per pass: the packs of a pass have one size, the
+    padded microbatches one width) and summed over data-parallel ranks; returns the global batch's loss."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def forward_step(data_iterator, model):
@@ -163,12 +169,11 @@ def _forward_backward(t: Trainer, micro: list[Pack]) -> float:
         # Three outputs: Megatron's per-token-loss convention (the sum is taken as it is, see weights.py).
         return out, lambda value: (value, counted, {"loss": value.detach()})
 
-    for chunk in t.policy:
+    for chunk in policy:
         chunk.train()
         chunk.zero_grad_buffer()
-    t.optimizer.zero_grad()
     out = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iter(micro), model=t.policy, num_microbatches=len(micro),
+        forward_step_func=forward_step, data_iterator=iter(micro), model=policy, num_microbatches=len(micro),
         seq_length=micro[0].tokens.shape[1], micro_batch_size=micro[0].tokens.shape[0], forward_only=False,
     )
     loss = torch.stack([o["loss"] for o in out]).sum().reshape(1).float() if ps.is_pipeline_last_stage() else None
