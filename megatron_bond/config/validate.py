@@ -104,6 +104,9 @@ def check_rollout_fits(cfg) -> None:
              f"{cfg.data.max_prompt_tokens} + rollout.max_new_tokens {r.max_new_tokens} = {row} tokens exceed "
              f"model.max_seq_length ({m.max_seq_length})")
     if cfg.train.packing:  # a row is one document of one pack: it never spans two
+        _require(m.family != "gpt" or m.transformer_impl == "transformer_engine", "train.packing",
+                 "the gpt family's local attention (megatron-core's DotProductAttention) cannot serve packed "
+                 "documents: use a Gemma family, model.transformer_impl=transformer_engine, or train.packing=false")
         for key, budget in (("train.max_tokens_per_microbatch", cfg.train.max_tokens_per_microbatch),
                             ("rollout.score_max_tokens_per_microbatch", r.score_max_tokens_per_microbatch),
                             ("reward.max_tokens_per_microbatch", cfg.reward.max_tokens_per_microbatch)):

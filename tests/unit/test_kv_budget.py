@@ -76,9 +76,10 @@ def test_the_planner_counts_packs_of_the_token_budget():
 @pytest.mark.parametrize("overrides, message", [
     (["data.max_prompt_tokens=100", "rollout.max_new_tokens=40"],
      "config: data.max_prompt_tokens: 100 + rollout.max_new_tokens 40 = 140 tokens exceed model.max_seq_length (128)"),
-    (["train.packing=true", "train.max_tokens_per_microbatch=67"],
+    (["train.packing=true"], "config: train.packing: the gpt family's local attention"),
+    (["train.packing=true", "train.max_tokens_per_microbatch=67", "model.family=gemma"],
      "config: train.max_tokens_per_microbatch: 67 tokens hold no row of the recipe's longest (68"),
-    (["train.packing=true", "reward.max_tokens_per_microbatch=50"],
+    (["train.packing=true", "reward.max_tokens_per_microbatch=50", "model.family=gemma"],
      "config: reward.max_tokens_per_microbatch: 50 tokens hold no row"),
     (["rollout.max_kv_tokens=1000"],
      "config: rollout.max_kv_tokens: 1000 tokens hold less than one sample for each of rollout.batch_size (16)"),
