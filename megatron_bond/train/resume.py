@@ -19,7 +19,7 @@ from megatron_bond.config import Config, ConfigError
 
 MAY_CHANGE = ("parallel.", "checkpoint.", "logging.", "run.name", "run.output_dir", "run.allow_changed",
               "train.steps", "train.eval_every", "train.eval_ref_samples", "train.max_skipped_steps",
-              "model.transformer_impl", "optimizer.distributed", "rollout.engine",
+              "model.transformer_impl", "model.attention_impl", "optimizer.distributed", "rollout.engine",
               "rollout.vllm_memory_fraction",
               # packing and its token budgets lay the same rows out otherwise: the numbers within float tolerance
               "train.packing", "train.max_tokens_per_microbatch", "rollout.score_max_tokens_per_microbatch",
