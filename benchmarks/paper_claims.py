@@ -4,6 +4,11 @@ says so), with the package's own losses and algorithm objects (megatron_bond/bon
 
     python benchmarks/paper_claims.py --out docs/results            # all claims, ~15 min on 2 cores
     python benchmarks/paper_claims.py --out /tmp/smoke --smoke      # 2 seeds, short runs (CI)
+    python benchmarks/paper_claims.py --task enumerable --out docs/results/enumerable_claims.jsonl [--smoke]
+
+``--task enumerable`` runs the claims on the enumerable transformer task instead
+(benchmarks/enumerable_claims.py says what it pre-registers); ``--out`` is then the JSON-lines file, the
+figures go next to it.
 
 Each claim writes JSON lines to OUT/paper_claims.jsonl: one "summary" line per setting with each seed's
 value (``per_seed``), the mean and its 95 % Student-t interval over seeds (``ci95``), and the verdict;
@@ -34,6 +39,7 @@ from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # 
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
 from megatron_bond.bond.estimates import mean_interval  # noqa: E402
 from megatron_bond.jsonl import strict  # noqa: E402
+from benchmarks import enumerable_claims  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
     SequenceProblem, at_first, bon_curve, front_ratio, run_jbond, sampled_loss,
 )
@@ -415,11 +421,25 @@ def plot(lines: list[dict], out: Path) -> None:
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    args.add_argument("--out", default="docs/results")
+    args.add_argument("--task", choices=("simulator", "enumerable"), default="simulator")
+    args.add_argument("--out", default="docs/results", help="a folder (simulator) or a JSON-lines file (enumerable)")
     args.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated, of " + ", ".join(CLAIMS))
     args.add_argument("--smoke", action="store_true", help="2 seeds and short runs: checks the pipeline, not the claims")
+    args.add_argument("--reduced", action="store_true", help="enumerable: 3 seeds, 120 steps, 2 learning rates (a shared machine)")
     args.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/paper_claims.jsonl")
     a = args.parse_args()
+    if a.task == "enumerable":
+        path = Path(a.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not a.plot_only:
+            log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+            lines = [_json(r) for r in enumerable_claims.run("smoke" if a.smoke else "reduced" if a.reduced else "full", log)]
+            path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+            for r in lines:
+                if r["kind"] == "claim":
+                    print(json.dumps(r), flush=True)
+        enumerable_claims.plot([json.loads(line) for line in path.read_text().splitlines()], path.parent)
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "paper_claims.jsonl"
