@@ -38,8 +38,8 @@ BETAS_RL = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0)
 B_ROUND, A_N = 50, 8
 BON_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 FULL = {"seeds": [1, 2, 3, 4, 5, 6], "steps": 150, "eval_every": 10, "lrs": (1e-3, 3e-3, 1e-2), "pretrain": 200, "eval_prompts": 16}
-# What fitted the shared 2-core machine of 2026-12-08 (docs/results.md): 3 seeds, 120 steps, 2 learning rates.
-REDUCED = {**FULL, "seeds": [1, 2, 3], "steps": 120, "lrs": (3e-3, 1e-2)}
+# What fitted the shared 2-core machine of 2026-12-08 (docs/results.md): 3 seeds, 80 steps, 8 held-out prompts.
+REDUCED = {**FULL, "seeds": [1, 2, 3], "steps": 80, "lrs": (3e-3, 1e-2), "eval_prompts": 8}
 SMOKE = {"seeds": [1, 2], "steps": 6, "eval_every": 3, "lrs": (3e-3,), "pretrain": 10, "eval_prompts": 2}
 
 

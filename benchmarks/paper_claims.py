@@ -425,7 +425,7 @@ def main() -> None:
     args.add_argument("--out", default="docs/results", help="a folder (simulator) or a JSON-lines file (enumerable)")
     args.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated, of " + ", ".join(CLAIMS))
     args.add_argument("--smoke", action="store_true", help="2 seeds and short runs: checks the pipeline, not the claims")
-    args.add_argument("--reduced", action="store_true", help="enumerable: 3 seeds, 120 steps, 2 learning rates (a shared machine)")
+    args.add_argument("--reduced", action="store_true", help="enumerable: 3 seeds, 80 steps, 2 learning rates, 8 held-out prompts (a shared machine)")
     args.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/paper_claims.jsonl")
     a = args.parse_args()
     if a.task == "enumerable":
