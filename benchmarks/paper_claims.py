@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # noqa: E402
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
 from megatron_bond.bond.estimates import mean_interval  # noqa: E402
+from megatron_bond.bond.fronts import envelope, kl_ratio_to_bon, optimal_front, shortfall  # noqa: E402
 from megatron_bond.jsonl import strict  # noqa: E402
 from benchmarks import enumerable_claims  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
@@ -328,6 +329,62 @@ def claim_gamma(seeds: list[int], steps: int) -> list[dict]:
     return out
 
 
+# The simulator's results re-read with the trajectory metrics (issue 41), from the curves in OUT/paper_claims.jsonl.
+RETRO_KL, RETRO_Q = np.linspace(0.05, 3.0, 60), np.linspace(0.8, 0.94, 15)
+
+
+def retro(lines: list[dict], seeds: list[int], steps: int) -> list[dict]:
+    """(d): J-BOND's and REINFORCE's reward shortfall from the optimal front over KL ∈ [0.05, 3], per
+    problem, exact and sampled gradients. (b): iterative BOND's and N = 16's KL over the Best-of-N KL along
+    the path, q ∈ [0.8, 0.94]. (c)'s control: EMA η = 0.02 against swaps every 99 steps with exact
+    gradients (``steps`` swap intervals; the sampled runs are claim c's)."""
+    out, curves = [], [r for r in lines if r["kind"] == "curve"]
+    rows = lambda claim, setting, s: next(r["rows"] for r in curves if r["claim"] == claim and r["setting"] == setting and r["seed"] == s)  # noqa: E731
+    fronts = {}
+    for s in seeds:
+        p = problem(s)
+        fronts[s] = optimal_front(p.ref_probs().log().unsqueeze(0), p.rewards.unsqueeze(0))
+    metric = "reward shortfall from the optimal front, mean over KL in [0.05, 3]"
+    for mode in ("exact", "sampled"):
+        jb = [shortfall(rows("d", f"{mode} jbond", s), fronts[s], RETRO_KL)[0] for s in seeds]
+        out.append(summary("d-retro", f"{mode} jbond", metric, jb, seeds))
+        for beta in D_BETAS:
+            rf = [shortfall(rows("d", f"{mode} reinforce beta_rl={beta}", s), fronts[s], RETRO_KL)[0] for s in seeds]
+            out.append(summary("d-retro", f"{mode} reinforce beta_rl={beta}", metric, rf, seeds))
+            row = summary("d-retro", f"{mode} jbond - reinforce beta_rl={beta}", metric, [a - b for a, b in zip(jb, rf)], seeds)
+            row["verdict"] = sign_verdict(*row["ci95"])
+            out.append(row)
+        env = [shortfall(envelope([rows("d", f"{mode} reinforce beta_rl={b}", s) for b in D_BETAS], RETRO_KL), fronts[s], RETRO_KL)[0]
+               for s in seeds]
+        row = summary("d-retro", f"{mode} jbond - reinforce envelope over {D_BETAS}", metric, [a - b for a, b in zip(jb, env)], seeds)
+        row["verdict"] = sign_verdict(*row["ci95"])
+        out.append(row)
+    ratio = {}
+    for name in ("iterative n=2", "N=16"):
+        ratio[name] = []
+        for s in seeds:
+            q, k = bon_curve(problem(s), max_n=2000)
+            ratio[name].append(kl_ratio_to_bon(rows("b", name, s), {"quantile": np.array(q), "kl_ref": np.array(k)}, RETRO_Q)[0])
+        out.append(summary("b-retro", name, "KL over the Best-of-N KL, mean over q in [0.8, 0.94]", ratio[name], seeds))
+    row = summary("b-retro", "iterative n=2 - N=16", "KL over the Best-of-N KL, mean over q in [0.8, 0.94]",
+                  [a - b for a, b in zip(ratio["iterative n=2"], ratio["N=16"])], seeds)
+    row["verdict"] = sign_verdict(*row["ci95"])
+    out.append(row)
+    ratios = {"ema": [], "swap": []}
+    for s in seeds:
+        p = problem(s)
+        curve = bon_curve(p, max_n=2000)
+        for mode, kw in (("ema", {"eta": 0.02}), ("swap", {"swap_every": 99})):
+            ratios[mode].append(front_ratio(run_jbond(p, steps * 99, C_LR, seed=1000 + s, **kw), curve)[0])
+    for mode in ratios:
+        out.append(summary("c-exact", f"{mode}: eta=0.02 vs swap_every=99, exact gradients", "front ratio", ratios[mode], seeds))
+    row = summary("c-exact", "eta=0.02 vs swap_every=99, exact gradients", "front ratio, EMA - swap",
+                  [a - b for a, b in zip(ratios["ema"], ratios["swap"])], seeds)
+    row["verdict"] = sign_verdict(*row["ci95"])
+    out.append(row)
+    return out
+
+
 FULL = {"a": (list(range(10)), 1000), "b": (list(range(10)), 150), "c": (list(range(20)), 6),
         "d": (list(range(10)), D_STEPS), "gamma": (list(range(10)), 2000)}
 SMOKE = {"a": ([0, 1], 60), "b": ([0, 1], 10), "c": ([0, 1], 2), "d": ([0, 1], 60), "gamma": ([0, 1], 60)}
@@ -426,6 +483,8 @@ def main() -> None:
     args.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated, of " + ", ".join(CLAIMS))
     args.add_argument("--smoke", action="store_true", help="2 seeds and short runs: checks the pipeline, not the claims")
     args.add_argument("--reduced", action="store_true", help="enumerable: 3 seeds, 80 steps, 2 learning rates, 8 held-out prompts (a shared machine)")
+    args.add_argument("--retro", action="store_true", help="re-read OUT/paper_claims.jsonl with the trajectory metrics "
+                      "(and run (c)'s exact-gradient control): writes OUT/paper_claims_retro.jsonl")
     args.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/paper_claims.jsonl")
     a = args.parse_args()
     if a.task == "enumerable":
@@ -443,6 +502,16 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "paper_claims.jsonl"
+    if a.retro:
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        seeds = sorted({r["seed"] for r in lines if r["kind"] == "curve" and r["claim"] == "d"})
+        start = time.perf_counter()
+        rows = retro(lines, seeds, (SMOKE if a.smoke else FULL)["c"][1])
+        for r in rows:
+            r["wall_s"] = round(time.perf_counter() - start, 1)
+            print(json.dumps(_json(r)), flush=True)
+        (out / "paper_claims_retro.jsonl").write_text("".join(json.dumps(_json(r)) + "\n" for r in rows))
+        return
     if not a.plot_only:
         lines = []
         for name in a.claims.split(","):
