@@ -23,7 +23,6 @@ import math
 import time
 
 import numpy as np
-import torch
 
 from megatron_bond.bond.algorithms import Bond, JBond, Reinforce
 from megatron_bond.bond.best_of_n import kl, log_bon_ratio
