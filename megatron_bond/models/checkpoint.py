@@ -17,13 +17,16 @@ from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.models.keys import canonical
+from megatron_bond.models.lora import init_adapters, is_adapter
 
 CONFIG_FILE = "megatron_bond.json"
 
 
-def _sharded(chunks) -> dict:
+def _sharded(chunks, adapters: bool = True) -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
-    return {f"chunk{i}": canonical(chunk.sharded_state_dict()) for i, chunk in enumerate(chunks)}
+    # ``adapters=False``: the base's tensors only (a converted checkpoint under a LoRA model).
+    return {f"chunk{i}": {k: v for k, v in canonical(chunk.sharded_state_dict()).items() if adapters or not is_adapter(k)}
+            for i, chunk in enumerate(chunks)}
 
 
 def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
@@ -83,7 +86,15 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
-    state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
+    # Adapters load from a checkpoint that has them (its config says so; resolve.py lets no run train
+    # adapters on one), else start fresh: the model is then its base.
+    saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
+    state = dist_checkpointing.load(_sharded(chunks, adapters=saved), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state[f"chunk{i}"])
+        missing, unexpected = chunk.load_state_dict(state[f"chunk{i}"], strict=False)
+        if unexpected or not all(is_adapter(k) for k in missing):
+            raise RuntimeError(f"{ckpt_dir}: the model's tensors do not match the checkpoint's "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if cfg.model.lora.enabled and not saved:
+        init_adapters(chunks, cfg.run.seed)
     return chunks
