@@ -86,7 +86,9 @@ def with_lora(linear_cls: type, parallel: str, rank: int, scale: float, dropout:
             out = {k: v for k, v in super().sharded_state_dict(prefix, sharded_offsets, metadata).items()
                    if not k.startswith(f"{prefix}lora_")}
             for name in ("lora_a", "lora_b"):
-                out.update(sharded_state_dict_default(getattr(self, name), f"{prefix}{name}.", sharded_offsets, metadata))
+                # The tp group makes a replicated factor's main replica TP rank 0's (without it every rank's is).
+                out.update(sharded_state_dict_default(getattr(self, name), f"{prefix}{name}.", sharded_offsets, metadata,
+                                                      tp_group=self.tp_group))
             if gated:
                 key = f"{prefix}lora_b.weight"
                 out[key] = apply_swiglu_sharded_factory(out[key], sharded_offsets)

@@ -1,0 +1,59 @@
+"""LoRA adapters on megatron-core's linears at TP=2 and PP=2 against TP=1 and against the merged weights.
+
+Bounds: tests/tolerances.py with the tiny GPT's depths (tests/distributed/bodies.py). An adapter adds one
+matmul of r = 4 terms and one sum to a linear's output (two chained sums, each of at most TERMS = 128
+terms), so LOSS_DEPTH and GRAD_DEPTH grow by 2 per adapted linear, 4 per layer: 16 and 32 for 4 layers.
+What a sharding bug does is O(1) of a gradient's scale (a B shard paired with the wrong rows of W, an
+A gradient not summed over TP ranks is half of it).
+"""
+
+import functools
+
+import pytest
+import torch
+
+from tests.distributed.bodies import GRAD_DEPTH, LOSS_DEPTH, TERMS
+from tests.harness import run_ranks
+from tests.tolerances import assert_reorder_close
+
+pytestmark = pytest.mark.distributed
+
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+LORA_LOSS_DEPTH, LORA_GRAD_DEPTH = LOSS_DEPTH + 16, GRAD_DEPTH + 32
+
+
+@functools.cache
+def step(layout: str) -> list[dict]:
+    tp, pp = LAYOUTS[layout]
+    return run_ranks("tests.distributed.lora_bodies:lora_step", tp * pp, {"tp": tp, "pp": pp}, timeout=180)
+
+
+def test_adapted_model_equals_merged_weights():
+    (ref,) = step("tp1")
+    assert any(v.abs().max() > 0 for k, v in ref["before"].items() if k.endswith("lora_b.weight"))  # B ≠ 0
+    assert_reorder_close(ref["merged_loss"], ref["loss"], TERMS, LORA_LOSS_DEPTH, "merged loss")
+
+
+def test_only_adapters_train():
+    (ref,) = step("tp1")
+    assert ref["ok"] and ref["trained"] and all(".lora_" in n for n in ref["trained"])
+    for key, before in ref["before"].items():
+        if ".lora_" in key:
+            assert (ref["after"][key] != before).any(), key
+            assert ref["grads"][key].abs().max() > 0, key
+        else:  # the base's bytes are untouched and it gets no gradient
+            assert torch.equal(ref["after"][key], before), key
+            assert not ref["grads"][key].any(), key
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_adapters_match_tp1(layout):
+    (ref,) = step("tp1")
+    for rank in step(layout):  # every rank sees the same global values
+        assert_reorder_close(rank["loss"], ref["loss"], TERMS, LORA_LOSS_DEPTH, "loss")
+        assert rank["trained"] == ref["trained"] or layout == "pp2"  # a stage holds its own layers
+        for key, grad in ref["grads"].items():
+            assert_reorder_close(rank["grads"][key], grad, TERMS, LORA_GRAD_DEPTH, key)
+        for key, before in ref["before"].items():
+            if ".lora_" not in key:
+                assert torch.equal(rank["after"][key], before), key
