@@ -65,3 +65,46 @@ def lora_step(tp: int, pp: int, num_microbatches: int = 4) -> dict:
         return out
     finally:
         destroy_distributed()
+
+
+def lora_trainer(tp: int, pp: int) -> dict:
+    """Two LoRA J-BOND steps of the tiny trainer with η = 1; then π_ref's samples (the base, adapters off)
+    beside those of a plain model built from the same base, and the policy's beside the anchor's."""
+    from megatron_bond.config import load_config
+    from megatron_bond.models.layout import init_layout_invariant
+    from megatron_bond.resolve import resolve_config
+    from megatron_bond.rollout.engine import NativeEngine
+    from megatron_bond.rollout.rollouts import Version
+    from megatron_bond.train.samples import TRAINING_SAMPLING
+    from megatron_bond.train.setup import build_trainer
+    from megatron_bond.train.step import train_step
+    from tests.distributed.train_bodies import TINY
+
+    overrides = [*TINY, f"parallel.tp={tp}", f"parallel.pp={pp}", "model.lora.rank=4", "bond.eta=1.0"]
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", overrides))
+    dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
+    try:
+        t = build_trainer(cfg, dist)
+        before = gather_full(t.policy)
+        rows = [train_step(t, step) for step in (1, 2)]
+        prompts = t.prompts.train[:4]
+
+        def draw(engine, chunks, role):
+            engine.refit(chunks, Version(role, 0))
+            out = engine.sample(role, prompts, 2, TRAINING_SAMPLING, (7, "lora"), 0)
+            engine.release()
+            return out
+
+        with t.ref.loaded_into(t.anchor) as ref_chunks:
+            reference = draw(t.engine, ref_chunks, "reference")
+        policy, anchor = draw(t.engine, t.policy, "policy"), draw(t.engine, t.anchor.chunks, "anchor")
+        plain_cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", overrides[:-2]))
+        plain = build_model(plain_cfg)
+        init_layout_invariant(plain, cfg.run.seed)  # the base's keys, so the base's values
+        base = draw(NativeEngine(plain_cfg, t.stop_ids, cfg.rollout.max_new_tokens, cfg.rollout.batch_size), plain, "reference")
+        flat = lambda r: [x for lps in r.logprobs for lp in lps for x in lp]  # noqa: E731
+        return {"rows": rows, "before": before, "after": gather_full(t.policy), "anchor": gather_full(t.anchor.chunks),
+                **{name: (r.responses, flat(r)) for name, r in
+                   (("reference", reference), ("base", base), ("policy", policy), ("anchor_samples", anchor))}}
+    finally:
+        destroy_distributed()
