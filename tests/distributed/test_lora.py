@@ -1,8 +1,10 @@
 """LoRA adapters on megatron-core's linears at TP=2 and PP=2 against TP=1 and against the merged weights.
 
 Bounds: tests/tolerances.py with the tiny GPT's depths (tests/distributed/bodies.py). An adapter adds one
-matmul of r = 4 terms and one sum to a linear's output (two chained sums, each of at most TERMS = 128
-terms), so LOSS_DEPTH and GRAD_DEPTH grow by 2 per adapted linear, 4 per layer: 16 and 32 for 4 layers.
+matmul of r = 4 terms and one sum to a linear's output (at most two more chained sums, each of at most
+TERMS terms), so the depths grow by 2 per adapted linear, 8 per layer (4 linears) forward and twice that
+back: +32 / +64 for the 4-layer GPT of bodies.py, +16 for the trainer's 2-layer tiny recipe
+(train_bodies.py, whose TERMS is 272).
 What a sharding bug does is O(1) of a gradient's scale (a B shard paired with the wrong rows of W, an
 A gradient not summed over TP ranks is half of it).
 """
@@ -12,6 +14,7 @@ import functools
 import pytest
 import torch
 
+from tests.distributed import train_bodies
 from tests.distributed.bodies import GRAD_DEPTH, LOSS_DEPTH, TERMS
 from tests.harness import run_ranks
 from tests.tolerances import assert_reorder_close
@@ -19,7 +22,8 @@ from tests.tolerances import assert_reorder_close
 pytestmark = pytest.mark.distributed
 
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
-LORA_LOSS_DEPTH, LORA_GRAD_DEPTH = LOSS_DEPTH + 16, GRAD_DEPTH + 32
+LORA_LOSS_DEPTH, LORA_GRAD_DEPTH = LOSS_DEPTH + 32, GRAD_DEPTH + 64
+TRAINER_TERMS, TRAINER_LOSS_DEPTH = train_bodies.TERMS, train_bodies.LOSS_DEPTH + 16
 
 
 @functools.cache
@@ -80,8 +84,8 @@ def test_lora_jbond_steps(layout):
     # 4.8e-7), so the log-probs agree within one forward's reordering bound and the tokens exactly.
     assert got["policy"][0] == got["anchor_samples"][0]
     for a, b in zip(got["policy"][1], got["anchor_samples"][1]):
-        assert_reorder_close(a, b, TERMS, LORA_LOSS_DEPTH, "anchor log-prob")
+        assert_reorder_close(a, b, TRAINER_TERMS, TRAINER_LOSS_DEPTH, "anchor log-prob")
     assert got["reference"][0] == got["base"][0]
     for a, b in zip(got["reference"][1], got["base"][1]):
-        assert_reorder_close(a, b, TERMS, LORA_LOSS_DEPTH, "π_ref log-prob")
+        assert_reorder_close(a, b, TRAINER_TERMS, TRAINER_LOSS_DEPTH, "π_ref log-prob")
     assert got["policy"][1] != got["reference"][1]  # the adapters moved the policy off its base
