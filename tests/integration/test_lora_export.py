@@ -1,6 +1,7 @@
-"""A LoRA J-BOND run on a converted Gemma 2 checkpoint (one rank: the layouts are test_lora.py's): its Hugging Face export (adapters merged)
-and the PEFT adapter directory of tools/convert_megatron_to_hf.py --peft-dir, loaded by peft onto the
-HF base, both score like `megatron-bond score` on the run's policy (within test_gemma_parity's 1e-4).
+"""A LoRA J-BOND run on a converted Gemma 2 checkpoint (one rank: test_lora.py covers the layouts): its
+Hugging Face export (adapters merged) and the PEFT adapter directory of tools/convert_megatron_to_hf.py
+--peft-dir, loaded by peft onto the HF base, both score like `megatron-bond score` on the run's policy
+(within test_gemma_parity's 1e-4).
 The learning rate is high enough for the adapters to move the log-probs far beyond that bound, so an
 export that dropped them would fail."""
 

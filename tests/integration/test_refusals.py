@@ -134,6 +134,23 @@ def catalogue(tmp_path_factory, converted):
     case("train_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
          lambda d: cli(*_train_args(d / "o", f"policy.ckpt={gemma}", "reward.function=megatron_bond.train.rewards:tiny_reward")))
 
+    case("train_lora_unknown_target", "model.lora.targets: 'q_proj' is not a linear adapters can go on",
+         lambda d: cli(*_train_args(d / "o", "model.lora.rank=4", "model.lora.targets=[linear_qkv,q_proj]")))
+    case("train_lora_rank_above_dimension", "model.lora.rank: 100 exceeds linear_qkv's dimension 64",
+         lambda d: cli(*_train_args(d / "o", "model.lora.rank=100")))
+
+    def resume_lora_other_base(d):  # adapters saved over a base whose fingerprint is not policy.ckpt's
+        dist = copy_run(d)
+        for name, edit in (("config.json", lambda c: c["model"]["lora"].update(rank=4)),
+                           ("trainer.json", lambda c: c["inputs"].update({"policy.ckpt": "0123456789abcdef"}))):
+            saved = json.loads((dist.parent / name).read_text())
+            edit(saved)
+            (dist.parent / name).write_text(json.dumps(saved))
+        return cli(*_train_args(d / "run", "model.lora.rank=4", "run.allow_changed=[policy.ckpt]"))
+
+    case("train_resume_lora_other_base", "policy.ckpt: 'fingerprint 0123456789abcdef' -> 'fingerprint None' changed",
+         resume_lora_other_base)
+
     def resume_distributed_optimizer_state(d):  # saved on GPUs by the distributed optimizer
         dist = copy_run(d)
         trainer = dist.parent / "trainer.json"
