@@ -1,6 +1,6 @@
 """The memory planner (megatron_bond/memory.py, tools/plan_memory.py) against what is really allocated:
 parameter, gradient, optimizer and EMA-shadow bytes equal megatron-core's tensors on every rank of a
-tiny Gemma 2 at TP=2×PP=2; activations are within 25 % of the bytes autograd saves for backward; and the
+tiny Gemma 2 at TP=2×PP=2 (and with LoRA adapters); activations are within 25 % of the bytes autograd saves for backward; and the
 tool gives a verdict for every shipped recipe."""
 
 import re
@@ -18,9 +18,11 @@ RECIPES = {p.stem: int(re.search(r"sbatch --nodes=(\d+)", p.read_text()).group(1
            for p in sorted((ROOT / "recipes").glob("jbond_*.yaml"))}
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)], ids=["tp1", "tp2pp2"])
-def test_parameter_gradient_and_optimizer_bytes_equal_the_allocation(tp, pp):
-    for rank in run_ranks("tests.distributed.memory_bodies:allocated", tp * pp, {"tp": tp, "pp": pp}, timeout=240):
+@pytest.mark.parametrize("tp,pp,overrides", [(1, 1, []), (2, 2, []), (2, 2, ["model.lora.rank=4"])],
+                         ids=["tp1", "tp2pp2", "tp2pp2_lora"])
+def test_parameter_gradient_and_optimizer_bytes_equal_the_allocation(tp, pp, overrides):
+    for rank in run_ranks("tests.distributed.memory_bodies:allocated", tp * pp, {"tp": tp, "pp": pp, "overrides": overrides},
+                          timeout=240):
         for item, (measured, planned) in rank.items():
             assert measured == planned, (item, measured, planned)
 
