@@ -52,6 +52,8 @@ def validate(cfg) -> None:
         "model.layer_types",
         "entries must be 'sliding_attention' or 'full_attention'",
     )
+    _require(m.family != "gpt" or m.attention_impl == "auto", "model.attention_impl",
+             "the gpt family runs megatron-core's own attention: leave it at auto")
     uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
     if uneven:
         _require(p.pp > 1, "parallel.first_stage_layers", "uneven stages need pp > 1")

@@ -19,7 +19,7 @@ from megatron_bond.config import Config, ConfigError
 
 MAY_CHANGE = ("parallel.", "checkpoint.", "logging.", "run.name", "run.output_dir", "run.allow_changed",
               "train.steps", "train.eval_every", "train.eval_ref_samples", "train.max_skipped_steps",
-              "model.transformer_impl", "optimizer.distributed", "rollout.engine",
+              "model.transformer_impl", "model.attention_impl", "optimizer.distributed", "rollout.engine",
               "rollout.vllm_memory_fraction",
               # how the reward service is reached, not what it computes (its url is the reward's identity)
               "reward.max_concurrency", "reward.timeout_s", "reward.max_retries", "reward.max_wait_s", "reward.token_env")  # (the optimizer state's sharding: state.py)
