@@ -318,6 +318,7 @@ CASE_NAMES = [
     "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",
     "train_model_key_contradicts_checkpoint",
     "train_resume_sharded_optimizer_state",
+    "train_lora_unknown_target", "train_lora_rank_above_dimension", "train_resume_lora_other_base",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
     "train_latest_names_missing_step",
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
