@@ -16,7 +16,7 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
 
 CONFIG_FILE = "megatron_bond.json"
 
@@ -85,5 +85,5 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     chunks = build_model(cfg, initialize=False)
     state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state[f"chunk{i}"])
+        load_module_state(chunk, state[f"chunk{i}"])
     return chunks

@@ -36,7 +36,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
 from megatron_bond.models.gpt import unwrap
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime.megatron_compat import prime_adam_state
 from megatron_bond.train.faults import fault_point
@@ -204,7 +204,7 @@ def load_checkpoint(t, ckpt: Path) -> int:
     state = dist_checkpointing.load(template, str(ckpt / "dist"))
     for i, chunk in enumerate(t.policy):
         prefix = "policy."
-        unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
+        load_module_state(unwrap(chunk), {k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
     t.optimizer.load_state_dict(state["optimizer"])
     if any(change.startswith("optimizer.") for change in accepted):
         _apply_optimizer_settings(t)
