@@ -359,3 +359,18 @@ def test_sigint_during_a_conversion_exits_promptly_and_leaves_nothing(tmp_path):
     assert time.monotonic() - start < 20
     assert proc.returncode == 130 and "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_unverified_megatron_core_is_refused_in_one_line(tmp_path):
+    """pip picks the newest megatron-core on Python >= 3.12: the CLI refuses an unverified one before any
+    work (runtime/megatron_compat.py), naming the pin and the override."""
+    fake = ("import importlib.metadata as m, sys; real = m.version; "
+            "m.version = lambda n: '0.17.0' if n == 'megatron-core' else real(n); "
+            "from megatron_bond.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", fake, *_train_args(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "megatron-core 0.17.0 is not verified (verified: 0.16.1): install megatron-core==0.16.1" in lines[0]
+    assert "MEGATRON_BOND_UNVERIFIED_MEGATRON_CORE=1" in lines[0] and not out.exists()
