@@ -27,6 +27,12 @@ from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
 
 GiB = 2**30
+# What vLLM keeps on the GPU through sleep(level=2), which frees only its weights and KV cache: the CUDA
+# graphs' memory pool, its NCCL communicators and custom all-reduce buffers, the sampler's preallocated
+# tensors. An estimate, not a measurement (about 1 GiB of graphs at the default capture sizes and
+# hundreds of MB of communicators at 7-9B, doubled for margin): tests/gpu/validate.sh measures it as
+# mem/device_used_gib/train less mem/peak_gib/train with the engine asleep.
+VLLM_ASLEEP_BYTES = 2 * GiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_OVERHEAD = 2.0 * GiB  # CUDA context, NCCL buffers, cuBLAS workspaces: measured 1.5 to 2.5 GiB on H100s
 FRAGMENTATION = 0.10  # the caching allocator's slack: plan for 10 % on top of the tensors
@@ -262,8 +268,9 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                                 "fc1 merged from its saved halves": fc1},
         }
         if cfg.rollout.engine == "vllm":
-            # A refit gathers one tensor whole at a time (convert/live.py): the largest is the embedding.
-            gathered = w * vocab * m.hidden_size if tp > 1 else 0
+            # A refit gathers one tensor whole at a time (convert/live.py): the shards received and their
+            # concatenation, twice the largest tensor, the embedding.
+            gathered = 2 * w * vocab * m.hidden_size if tp > 1 else 0
             _vllm_engine(phases, resident, cfg, w * n, gathered, alloc.gpu_memory_gb * GiB, on_gpu)
         where = f", stage {s} of {pp}" if pp > 1 else ""
         eval_gen = sum(phases["eval"].values())
@@ -288,12 +295,13 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
     share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
     from megatron_bond.rollout.vllm_engine import cpu_kvcache_gib
 
-    refit = {"refit: one tensor gathered whole over TP (the embedding)": gathered}
+    refit = {"refit: the largest tensor gathered over TP and concatenated (2 copies of the embedding)": gathered}
     phases["rollout"], phases["eval"] = dict(refit), dict(refit)
     if on_gpu:
         for phase in ("rollout", "eval"):
             phases[phase][f"vLLM engine: rollout.vllm_memory_fraction={cfg.rollout.vllm_memory_fraction} of the GPU"] = (
                 cfg.rollout.vllm_memory_fraction * capacity)
+        resident["vLLM engine asleep: CUDA-graph pool, communicators, buffers (estimate)"] = VLLM_ASLEEP_BYTES
     else:
         resident["vLLM engine: weights and KV cache (CPU: never asleep)"] = (
             weights + cpu_kvcache_gib() * GiB)
