@@ -99,7 +99,7 @@ def _score(args: argparse.Namespace) -> int:
 
     _check_io(args)
     nccl_environment("native")
-    n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size)
+    n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size, args.max_tokens_per_microbatch)
     if _rank() == 0:
         print(f"scored {n} sequences -> {args.output}")
     return 0
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help='JSONL lines {"tokens": [int, ...]}')
     p.add_argument("--output", required=True, help='JSONL lines {"logprobs": [...]} or {"reward": x}, in input order')
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass and data-parallel rank")
+    p.add_argument("--max-tokens-per-microbatch", type=int, default=None,
+                   help="pack each forward pass's sequences into microbatches of at most this many tokens "
+                        "(a Gemma checkpoint; default: right-padded)")
     p.set_defaults(func=_score)
 
     p = _sub(sub, "generate", "sample continuations of prompts (KV cache, any TP/PP)")

@@ -11,8 +11,9 @@ def cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: str) -> list:
-    """Run `megatron-bond score` (the CLI entry) on these ranks; rank 0 returns the parsed output."""
+def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: str, extra: tuple = ()) -> list:
+    """Run `megatron-bond score` (the CLI entry, ``extra`` arguments added) on these ranks; rank 0 returns
+    the parsed output."""
     import json
 
     from megatron_bond.cli import main
@@ -24,7 +25,7 @@ def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: st
                 f.write(json.dumps({"tokens": r}) + "\n")
     _wait_for(inp)
     code = main(["score", "--ckpt", ckpt, "--tp", str(tp), "--pp", str(pp), "--input", inp,
-                 "--output", out, "--batch-size", "3"])
+                 "--output", out, "--batch-size", "3", *extra])
     assert code == 0
     if os.environ["RANK"] != "0":
         return []
