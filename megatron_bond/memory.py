@@ -22,16 +22,24 @@ models on CPU in tests/integration/test_memory_plan.py; docs/memory.md shows the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.config.model import LORA_TARGETS
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
+from megatron_bond.rollout.engine import samples_per_wave
 from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
 from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
 
 GiB = 2**30
+# What vLLM keeps on the GPU through sleep(level=2), which frees only its weights and KV cache: the CUDA
+# graphs' memory pool, its NCCL communicators and custom all-reduce buffers, the sampler's preallocated
+# tensors. An estimate, not a measurement (about 1 GiB of graphs at the default capture sizes and
+# hundreds of MB of communicators at 7-9B, doubled for margin): tests/gpu/validate.sh measures it as
+# mem/device_used_gib/train less mem/peak_gib/train with the engine asleep.
+VLLM_ASLEEP_BYTES = 2 * GiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_OVERHEAD = 2.0 * GiB  # CUDA context, NCCL buffers, cuBLAS workspaces: measured 1.5 to 2.5 GiB on H100s
 FRAGMENTATION = 0.10  # the caching allocator's slack: plan for 10 % on top of the tensors
@@ -223,10 +231,23 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     w = DTYPE_BYTES[m.params_dtype]
     seq = _seq(cfg)
     algo = algorithm_for(cfg.bond)
-    rollout_batch = cfg.rollout.batch_size * max(algo.policy_samples, algo.anchor_samples)
-    eval_batch = cfg.rollout.batch_size * cfg.train.eval_ref_samples  # π_ref's k samples per held-out prompt
+    # An engine call holds rollout.batch_size prompts × their samples of one wave (rollout.max_kv_tokens).
+    wave = samples_per_wave(cfg)
+    rollout_batch = cfg.rollout.batch_size * min(max(algo.policy_samples, algo.anchor_samples), wave or math.inf)
+    eval_batch = cfg.rollout.batch_size * min(cfg.train.eval_ref_samples, wave or math.inf)  # π_ref's k samples
     prompt = min(cfg.data.max_prompt_tokens, m.max_seq_length - cfg.rollout.max_new_tokens)
-    microbatches = algo.trained_per_prompt * cfg.train.global_batch_size // dp // p.micro_batch_size
+    rows = algo.trained_per_prompt * cfg.train.global_batch_size // dp  # training sequences per rank
+    # A microbatch's shape (sequence, rows): packed, one row of the token budget's positions (every pack
+    # at most the budget, rounded up to the TP multiple under sequence parallelism) and at most one pack
+    # per row; else micro_batch_size rows of the longest sequence.
+    if cfg.train.packing:
+        split = tp if p.sequence_parallel else 1
+        train_shape, microbatches = (-(-cfg.train.max_tokens_per_microbatch // split) * split, 1), rows
+        score_shape = (cfg.rollout.score_max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch, 1)
+        reward_shape = (cfg.reward.max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch, 1)
+    else:
+        train_shape, microbatches = (seq, p.micro_batch_size), rows // p.micro_batch_size
+        score_shape, reward_shape = (seq, cfg.rollout.score_batch_size), (seq, cfg.reward.batch_size)
     vocab = m.padded_vocab_size()
 
     def next_token_logits(batch: int) -> float:
@@ -238,9 +259,9 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     def stage(s: int) -> Plan:
         n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
         inflight = min(pp - s, microbatches)
-        acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last) if not recompute
-                else layers * p.micro_batch_size * seq * m.hidden_size * w
-                + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
+        acts = (activation_bytes(m, tp, layers, *train_shape, last_stage=last) if not recompute
+                else layers * train_shape[0] * train_shape[1] * m.hidden_size * w
+                + activation_bytes(m, tp, 1, *train_shape, last_stage=last))
         rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
         # Under LoRA only the adapters (a) train: gradients, optimizer state, the anchor and checkpoints are
         # theirs, and the base (n) is held once for the policy, the anchor and π_ref (adapters off).
@@ -252,7 +273,7 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         saved_per_param = w + 4 + (0 if dist_opt else 8 + (4 if w != 4 else 0))
         fc1 = saved_per_param * (2 * m.ffn_hidden_size * m.lora.rank // tp * layers * ("linear_fc1" in m.lora.targets)
                                  if lora else fc1_params(m, tp, layers))  # B of fc1 is saved in halves too
-        scoring_layer = no_grad_layer_bytes(m, tp, seq, cfg.rollout.score_batch_size)
+        scoring_layer = no_grad_layer_bytes(m, tp, *score_shape)
         resident = {
             "policy weights" + (" (the base: shared by the anchor and π_ref)" if lora else ""): w * n,
             "LoRA adapters: policy": w * a,
@@ -270,12 +291,12 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                         "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch)},
             "scoring": {"one layer's intermediates, no grad": scoring_layer,
                         "reward model: one layer's intermediates": no_grad_layer_bytes(
-                            reward, tp, seq, cfg.reward.batch_size) if reward else 0,
+                            reward, tp, *reward_shape) if reward else 0,
                         "fused scoring head (fp32 chunk)":
-                            4 * _logit_chunk(m, tp, cfg.rollout.score_batch_size * seq) if last else 0},
+                            4 * _logit_chunk(m, tp, score_shape[0] * score_shape[1]) if last else 0},
             "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
                       inflight * acts,
-                      "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
+                      "fused head (chunk + fp32 gradients)": head_bytes(m, tp, train_shape[0] * train_shape[1]) if last else 0,
                       "anchor refresh: flat copy of the anchor": w * trained if dist_opt else 0},
             # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
@@ -294,8 +315,9 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                                 "fc1 merged from its saved halves": fc1},
         }
         if cfg.rollout.engine == "vllm":
-            # A refit gathers one tensor whole at a time (convert/live.py): the largest is the embedding.
-            gathered = w * vocab * m.hidden_size if tp > 1 else 0
+            # A refit gathers one tensor whole at a time (convert/live.py): the shards received and their
+            # concatenation, twice the largest tensor, the embedding.
+            gathered = 2 * w * vocab * m.hidden_size if tp > 1 else 0
             _vllm_engine(phases, resident, cfg, w * n, gathered, alloc.gpu_memory_gb * GiB, on_gpu)
         where = f", stage {s} of {pp}" if pp > 1 else ""
         eval_gen = sum(phases["eval"].values())
@@ -320,12 +342,13 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
     share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
     from megatron_bond.rollout.vllm_engine import cpu_kvcache_gib
 
-    refit = {"refit: one tensor gathered whole over TP (the embedding)": gathered}
+    refit = {"refit: the largest tensor gathered over TP and concatenated (2 copies of the embedding)": gathered}
     phases["rollout"], phases["eval"] = dict(refit), dict(refit)
     if on_gpu:
         for phase in ("rollout", "eval"):
             phases[phase][f"vLLM engine: rollout.vllm_memory_fraction={cfg.rollout.vllm_memory_fraction} of the GPU"] = (
                 cfg.rollout.vllm_memory_fraction * capacity)
+        resident["vLLM engine asleep: CUDA-graph pool, communicators, buffers (estimate)"] = VLLM_ASLEEP_BYTES
     else:
         resident["vLLM engine: weights and KV cache (CPU: never asleep)"] = (
             weights + cpu_kvcache_gib() * GiB)

@@ -16,7 +16,7 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
 from megatron_bond.models.lora import init_adapters, is_adapter
 
 CONFIG_FILE = "megatron_bond.json"
@@ -91,10 +91,9 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
     state = dist_checkpointing.load(_sharded(chunks, adapters=saved), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):
-        missing, unexpected = chunk.load_state_dict(state[f"chunk{i}"], strict=False)
-        if unexpected or not all(is_adapter(k) for k in missing):
-            raise RuntimeError(f"{ckpt_dir}: the model's tensors do not match the checkpoint's "
-                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        # A base checkpoint under a LoRA model: the adapters keep the values they are about to get.
+        own = {} if saved else {k: v for k, v in chunk.state_dict().items() if is_adapter(k)}
+        load_module_state(chunk, {**own, **state[f"chunk{i}"]})
     if cfg.model.lora.enabled and not saved:
         init_adapters(chunks, cfg.run.seed)
     return chunks

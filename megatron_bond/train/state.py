@@ -37,7 +37,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete
 from megatron_bond.models.gpt import unwrap
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
 from megatron_bond.models.lora import is_adapter
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime.megatron_compat import prime_adam_state
@@ -209,8 +209,11 @@ def load_checkpoint(t, ckpt: Path) -> int:
     state = dist_checkpointing.load(template, str(ckpt / "dist"))
     for i, chunk in enumerate(t.policy):
         prefix = "policy."
-        unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()},
-                                      strict=not t.cfg.model.lora.enabled)  # LoRA: the base is already loaded
+        module = unwrap(chunk)
+        loaded = {k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()}
+        if t.cfg.model.lora.enabled:  # the checkpoint holds the adapters; the base is policy.ckpt's, already loaded
+            loaded = {**{k: v for k, v in module.state_dict().items() if not is_adapter(k)}, **loaded}
+        load_module_state(module, loaded)
     t.optimizer.load_state_dict(state["optimizer"])
     if any(change.startswith("optimizer.") for change in accepted):
         _apply_optimizer_settings(t)

@@ -44,8 +44,13 @@ def test_every_shipped_recipe_fits_its_stated_nodes(recipe):
                            str(RECIPES[recipe]), "--gpus-per-node", "8"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "verdict: fits" in done.stdout, done.stdout + done.stderr
     assert f"on {RECIPES[recipe]} × 8" in done.stdout
-    assert re.search(r"largest phase (rollout|scoring|train|eval|checkpoint_save|checkpoint_load): ", done.stdout)
-    assert f"sbatch --nodes={RECIPES[recipe]}" in (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    largest = re.search(r"largest phase (rollout|scoring|train|eval|checkpoint_save|checkpoint_load): ([\d.]+) GiB "
+                        r"of ([\d.]+) GiB usable", done.stdout)
+    # A margin for what no plan counts exactly (fragmentation past the planned slack, NCCL's buffers); each
+    # recipe's header says why it fits.
+    assert float(largest.group(2)) <= 0.9 * float(largest.group(3)), largest.group(0)
+    header = (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    assert f"sbatch --nodes={RECIPES[recipe]}" in header and "# Why it fits: " in header
 
 
 def test_a_batch_that_data_parallel_ranks_cannot_split_is_refused():

@@ -129,6 +129,14 @@ def catalogue(tmp_path_factory, converted):
          lambda d: cli(*_train_args(d / "o", "optimizer.adam_beta1=1.5")))
     case("train_new_tokens_past_context", "rollout.max_new_tokens: 200 leaves no room for a prompt",
          lambda d: cli(*_train_args(d / "o", "rollout.max_new_tokens=200")))
+    case("train_rows_past_context", "data.max_prompt_tokens: 100 + rollout.max_new_tokens 40 = 140 tokens exceed",
+         lambda d: cli(*_train_args(d / "o", "data.max_prompt_tokens=100", "rollout.max_new_tokens=40")))
+    case("train_token_budget_below_a_row", "train.max_tokens_per_microbatch: 60 tokens hold no row",
+         lambda d: cli(*_train_args(d / "o", "model.family=gemma", "train.packing=true", "train.max_tokens_per_microbatch=60")))
+    case("train_packing_local_gpt_attention", "train.packing: the gpt family's local attention",
+         lambda d: cli(*_train_args(d / "o", "train.packing=true")))
+    case("train_kv_budget_below_a_wave", "rollout.max_kv_tokens: 100 tokens hold less than one sample",
+         lambda d: cli(*_train_args(d / "o", "rollout.max_kv_tokens=100")))
     case("train_wandb_mode_boolean", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean",
          lambda d: cli(*_train_args(d / "o", "logging.wandb_mode=on")))
     case("train_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
@@ -377,3 +385,18 @@ def test_sigint_during_a_conversion_exits_promptly_and_leaves_nothing(tmp_path):
     assert time.monotonic() - start < 20
     assert proc.returncode == 130 and "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_unverified_megatron_core_is_refused_in_one_line(tmp_path):
+    """pip picks the newest megatron-core on Python >= 3.12: the CLI refuses an unverified one before any
+    work (runtime/megatron_compat.py), naming the pin and the override."""
+    fake = ("import importlib.metadata as m, sys; real = m.version; "
+            "m.version = lambda n: '0.17.0' if n == 'megatron-core' else real(n); "
+            "from megatron_bond.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", fake, *_train_args(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "megatron-core 0.17.0 is not verified (verified: 0.16.1): install megatron-core==0.16.1" in lines[0]
+    assert "MEGATRON_BOND_UNVERIFIED_MEGATRON_CORE=1" in lines[0] and not out.exists()
