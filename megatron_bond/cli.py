@@ -9,7 +9,7 @@ import sys
 
 from megatron_bond.config import ConfigError, load_config
 from megatron_bond.errors import RunError
-from megatron_bond.runtime.distributed import DistributedSetupError
+from megatron_bond.runtime.distributed import DistributedSetupError, nccl_environment
 
 
 def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -70,7 +70,9 @@ def _simulate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from megatron_bond.train.loop import train
 
-    train(load_config(*_recipe_and_overrides(args)))
+    cfg = load_config(*_recipe_and_overrides(args))
+    nccl_environment(cfg.rollout.engine)
+    train(cfg)
     return 0
 
 
@@ -96,6 +98,7 @@ def _score(args: argparse.Namespace) -> int:
     from megatron_bond.commands.score import score
 
     _check_io(args)
+    nccl_environment("native")
     n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size, args.max_tokens_per_microbatch)
     if _rank() == 0:
         print(f"scored {n} sequences -> {args.output}")
@@ -110,6 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.greedy and (args.temperature, args.top_k, args.top_p) != (None, None, None):
         raise ConfigError("--greedy takes the argmax: it cannot be combined with --temperature, --top-k or --top-p")
+    nccl_environment(args.engine)
     n = generate_file(args)
     if _rank() == 0:
         print(f"generated for {n} prompts -> {args.output}")

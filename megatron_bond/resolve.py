@@ -14,9 +14,9 @@ from pathlib import Path
 
 from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config import Config, ConfigError, ModelConfig
-from megatron_bond.config.validate import check_rollout_fits
+from megatron_bond.config.validate import check_lora_fits, check_rollout_fits
 
-RUN_CHOICES = ("transformer_impl", "attention_impl", "max_seq_length")  # how to run the checkpoint, not what it is
+RUN_CHOICES = ("transformer_impl", "attention_impl", "max_seq_length", "lora")  # how to run the checkpoint, not what it is
 FROM_ELSEWHERE = ("params_dtype",)  # the training dtype is policy.dtype's, not the checkpoint's storage dtype
 
 
@@ -63,6 +63,9 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) 
                           "(a checkpoint converted by tools/convert_hf_to_megatron.py has one)")
     if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
         read_checkpoint_config(cfg.reward.ckpt, check=check)
+    if cfg.policy.ckpt and read_checkpoint_config(cfg.policy.ckpt, check=False).model.lora.enabled:
+        raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} holds adapters: a run trains on a base model (export "
+                          "it merged with tools/convert_megatron_to_hf.py and convert that back)")
     if model.reward_head:
         raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
     bond = cfg.bond
@@ -71,6 +74,7 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) 
     model = dataclasses.replace(model, params_dtype=training_dtype(cfg, on_gpu))
     resolved = dataclasses.replace(cfg, model=model, bond=bond).validate()
     check_rollout_fits(resolved)
+    check_lora_fits(resolved)
     return resolved
 
 

@@ -16,14 +16,17 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
+from megatron_bond.models.lora import init_adapters, is_adapter
 
 CONFIG_FILE = "megatron_bond.json"
 
 
-def _sharded(chunks) -> dict:
+def _sharded(chunks, adapters: bool = True) -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
-    return {f"chunk{i}": canonical(chunk.sharded_state_dict()) for i, chunk in enumerate(chunks)}
+    # ``adapters=False``: the base's tensors only (a converted checkpoint under a LoRA model).
+    return {f"chunk{i}": {k: v for k, v in canonical(chunk.sharded_state_dict()).items() if adapters or not is_adapter(k)}
+            for i, chunk in enumerate(chunks)}
 
 
 def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
@@ -83,7 +86,14 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
-    state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
+    # Adapters load from a checkpoint that has them (its config says so; resolve.py lets no run train
+    # adapters on one), else start fresh: the model is then its base.
+    saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
+    state = dist_checkpointing.load(_sharded(chunks, adapters=saved), str(Path(ckpt_dir) / "model"))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state[f"chunk{i}"])
+        # A base checkpoint under a LoRA model: the adapters keep the values they are about to get.
+        own = {} if saved else {k: v for k, v in chunk.state_dict().items() if is_adapter(k)}
+        load_module_state(chunk, {**own, **state[f"chunk{i}"]})
+    if cfg.model.lora.enabled and not saved:
+        init_adapters(chunks, cfg.run.seed)
     return chunks
