@@ -20,11 +20,17 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 
 def _config(args: argparse.Namespace) -> int:
-    from megatron_bond.config.validate import check_rollout_fits
+    import torch
+
+    from megatron_bond.resolve import resolve_present
 
     cfg = load_config(*_recipe_and_overrides(args))
-    if not cfg.policy.ckpt:  # with a checkpoint, its context decides (checked when a run resolves it)
-        check_rollout_fits(cfg)
+    # train's checks before it builds a model (the checkpoints' architecture, the engine's layout), with
+    # this machine's device deciding the training dtype as it would for train here.
+    _, missing = resolve_present(cfg, on_gpu=torch.cuda.is_available())
+    for key in missing:
+        print(f"({key} {getattr(cfg, key.split('.')[0]).ckpt} not found here: checked with the recipe's model section)",
+              file=sys.stderr)
     if args.get is None:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0

@@ -40,6 +40,9 @@ class RewardConfig:
     token_env: Optional[str] = None  # the environment variable holding a bearer token (url)
 
 
+REWARD_SOURCES = ("ckpt", "function", "url")  # one at most; one given on the command line replaces the recipe's
+
+
 @dataclass
 class DataConfig:
     """Prompts from local files through HF datasets (jsonl, json, parquet, or a saved dataset directory);
