@@ -103,6 +103,9 @@ EVAL_METRICS = ("quantile/ref", "kl/ref", "reward/policy", "kl/bon_at_quantile")
 class LoggingConfig:
     wandb_mode: Literal["online", "offline", "disabled"] = "offline"
     wandb_project: str = "megatron-bond"
-    progress: bool = True  # a tqdm bar with ETA and the step's phases on rank 0
+    # Rank 0's progress: on a terminal a tqdm bar with ETA and the step's phases; in a log file (Slurm, a pipe)
+    # one line every log_every steps and one per evaluation (train/metrics.py).
+    progress: bool = True
+    log_every: int = 10
     samples: bool = True  # each evaluation's held-out samples in RUN_DIR/samples/step-N.jsonl (and a wandb Table)
     tensorboard: bool = False  # every metric also as TensorBoard events in RUN_DIR/tb/ (the [tensorboard] extra)

@@ -19,7 +19,12 @@ from megatron_bond.convert.gemma import rules_for
 from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, copy_side_files
 from megatron_bond.convert.mapping import VocabMismatch, expected_shapes, to_hf, to_megatron
 from megatron_bond.convert.staging import staged_output
-from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
+from megatron_bond.models.checkpoint import (
+    first_non_finite,
+    load_model_checkpoint,
+    read_checkpoint_config,
+    save_model_checkpoint,
+)
 from megatron_bond.models.hf_config import (
     is_vision_tensor,
     language_model_config,
@@ -132,8 +137,13 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
                     raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hk[0]} maps to "
                                       f"shape {shape}, the config's model has {tuple(params[mk].shape)}")
             for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
+                tensors = {k: reader.get(k) for k in hk}
+                bad = first_non_finite(tensors)
+                if bad is not None:
+                    raise ConfigError(f"{hf_dir}: {bad} holds non-finite values (NaN or inf): nothing trains from "
+                                      "it; fix or re-download the weights")
                 with torch.no_grad():
-                    params[mk].copy_(to_megatron(kind, [reader.get(k) for k in hk], cfg.model))
+                    params[mk].copy_(to_megatron(kind, list(tensors.values()), cfg.model))
                 unset.discard(mk)
             unset = {k for k in unset if not k.startswith("output_layer.") or not cfg.model.tie_embeddings}
             if unset:

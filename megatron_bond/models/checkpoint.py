@@ -77,13 +77,44 @@ def check_complete(dist_dir: str | Path) -> None:
             raise ConfigError(f"{path} is truncated ({path.stat().st_size} of {size} bytes): the checkpoint is incomplete")
 
 
+def _named_tensors(state, prefix: str = ""):
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _named_tensors(value, f"{prefix}[{i}]")
+
+
+def first_non_finite(state) -> str | None:
+    """The name of the first floating-point tensor in ``state`` (nested dicts / lists) holding a NaN or inf."""
+    return next((name for name, t in _named_tensors(state) if t.is_floating_point() and not torch.isfinite(t).all()),
+                None)
+
+
+def refuse_non_finite(state, where: str, group) -> None:
+    """After a load: corrupted bytes in a shard load as NaN weights, which would train (or score) silently
+    into NaN. Every rank checks its own shards and all agree over ``group`` (one all-reduce), so the ranks
+    refuse together instead of leaving the others waiting."""
+    bad = first_non_finite(state)
+    flag = torch.tensor([0 if bad is None else 1], device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=group)
+    if flag.item():
+        what = f"{bad} holds" if bad else "another rank's tensors hold"
+        raise ConfigError(f"{where}: {what} non-finite values (NaN or inf): the checkpoint is damaged")
+
+
 def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
-    """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights
-    (from a checkpoint that read_checkpoint_config has found complete)."""
+    """Build the model at ``cfg.parallel`` (process groups already initialised; every rank loads) and
+    load its weights (from a checkpoint that read_checkpoint_config has found complete), refusing
+    non-finite ones."""
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
     state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
+    refuse_non_finite(state, str(ckpt_dir), torch.distributed.group.WORLD)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state[f"chunk{i}"])
     return chunks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -53,6 +54,7 @@ def _announce(t: Trainer, resume_from: Path | None, start: int) -> None:
     cfg, d = t.cfg, t.dist
     if d.rank != 0:
         return
+    print(f"resolved config: {json.dumps(cfg.to_dict())}", flush=True)  # as saved in config.yaml
     if resume_from is not None:
         print(f"resuming from {resume_from} at step {start}", flush=True)
     algo = t.algorithm.describe()

@@ -1,13 +1,16 @@
 """Where a run's numbers go (rank 0 only): ``metrics.jsonl`` (one JSON object per step, and per
 evaluation with ``"eval": true``), wandb (offline by default; online when the recipe says so), TensorBoard
 events in ``tb/`` (``logging.tensorboard``), each evaluation's samples in ``samples/step-N.jsonl``
-(``logging.samples``; the first rows also as a wandb Table), and a tqdm progress bar with ETA, the phase
-running and the last step's seconds per phase."""
+(``logging.samples``; the first rows also as a wandb Table), and rank 0's progress (``logging.progress``):
+on a terminal a tqdm bar with ETA, the phase running and the last step's seconds per phase; in a log file
+(Slurm's job log, a pipe: no terminal) newline-terminated lines instead, one every ``logging.log_every``
+steps and one per evaluation, which `tail -f` and `srun --label` show as they come."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from megatron_bond.config import Config, ConfigError
@@ -19,6 +22,22 @@ TENSORBOARD_DIR = "tb"
 TABLE_ROWS = 16  # samples per evaluation in the wandb Table (the file has them all)
 
 
+def _num(value, spec: str) -> str:
+    """A metric for a line or the bar: a non-finite one is null in the row (JSON has no NaN) and "nan" here."""
+    return "nan" if value is None else format(value, spec)
+
+
+def step_line(row: dict) -> str:
+    phases = " ".join(f"{k[5:]} {_num(row[k], '.2f')}s" for k in ("time/rollout", "time/score", "time/train"))
+    return (f"loss {_num(row['loss'], '.3g')}, reward {_num(row['reward/policy'], '.3g')}, kl_anchor "
+            f"{_num(row['kl/anchor'], '.3g')} | {phases}")
+
+
+def eval_line(row: dict) -> str:
+    return (f"eval step {row['step']}: quantile/ref {_num(row['quantile/ref'], '.3f')}  kl/ref "
+            f"{_num(row['kl/ref'], '.4f')}  reward/policy {_num(row['reward/policy'], '.4f')}")
+
+
 def _plain(value):
     """JSON-able scalars: tensors become floats, and non-finite floats null (JSON has no NaN)."""
     return strict(value.item() if hasattr(value, "item") else value)
@@ -28,6 +47,7 @@ class MetricsLog:
     def __init__(self, cfg: Config, out_dir: Path, rank: int, start_step: int, tokenizer=None):
         self.enabled = rank == 0
         self.wandb = self.bar = self.tb = None
+        self.lines = False
         self.out_dir, self.tokenizer, self.samples = out_dir, tokenizer, cfg.logging.samples
         if not self.enabled:
             return
@@ -49,7 +69,9 @@ class MetricsLog:
                                   "'megatron-bond[tensorboard]'") from None
             # A resumed run appends a new events file; TensorBoard keeps the newest value of a step.
             self.tb = SummaryWriter(str(out_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
-        if cfg.logging.progress:
+        self.lines = cfg.logging.progress and not sys.stderr.isatty()  # the bar's stream
+        self.steps, self.log_every = cfg.train.steps, cfg.logging.log_every
+        if cfg.logging.progress and not self.lines:
             from tqdm import tqdm
 
             self.bar_name = cfg.run.name
@@ -82,13 +104,15 @@ class MetricsLog:
                 self.tb.add_scalar(k, v, row["step"])
         if self.bar is not None:
             if row.get("eval"):
-                self.bar.write(f"eval step {row['step']}: quantile/ref {row['quantile/ref']:.3f}  "
-                               f"kl/ref {row['kl/ref']:.4f}  reward/policy {row['reward/policy']:.4f}")
+                self.bar.write(eval_line(row))
             else:
                 self.bar.update(row["step"] - self.bar.n)
-                phases = " ".join(f"{k[5:]} {row[k]:.2f}s" for k in ("time/rollout", "time/score", "time/train"))
-                self.bar.set_postfix_str(f"loss {row['loss']:.3g}, reward {row['reward/policy']:.3g}, kl_anchor "
-                                         f"{row['kl/anchor']:.3g} | {phases}", refresh=False)
+                self.bar.set_postfix_str(step_line(row), refresh=False)
+        elif self.lines:
+            if row.get("eval"):
+                print(eval_line(row), flush=True)
+            elif row["step"] % self.log_every == 0 or row["step"] == self.steps:
+                print(f"step {row['step']}/{self.steps}: {step_line(row)}", flush=True)
 
     def show_phase(self, phase: str) -> None:
         """The bar's label names the phase that is running (PhaseClock calls it at each phase's start)."""

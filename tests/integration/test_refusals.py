@@ -171,6 +171,15 @@ def catalogue(tmp_path_factory, converted):
         return cli(*_train_args(d / "run"))
 
     case("train_latest_names_missing_step", "missing or incomplete", dangling_latest)
+
+    def corrupt_bytes(dist):  # 4 KB of 0xff inside a shard: fp32 NaNs where the weights were
+        shard = sorted(dist.glob("*.distcp"))[0]
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 4096] = b"\xff" * 4096
+        shard.write_bytes(bytes(data))
+
+    case("train_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged",
+         lambda d: (corrupt_bytes(copy_run(d)), cli(*_train_args(d / "run", "train.steps=3")))[1])
     # train: data and rewards
     case("train_reward_function_missing", "cannot load 'nope:fn'", lambda d: cli(*_train_args(d / "o", "reward.function=nope:fn")))
     case("train_non_finite_reward", "rewards must be finite numbers",
@@ -234,6 +243,16 @@ def catalogue(tmp_path_factory, converted):
                        "--max-new-tokens", "16"))
     # config / simulate
     case("config_yaml_syntax", "bad.yaml:3: not valid YAML", lambda d: (bad_yaml(d), cli("config", d / "bad.yaml"))[1])
+    case("config_recipe_not_utf8", "bin.yaml is not UTF-8 text",
+         lambda d: (d.joinpath("bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff"), cli("config", d / "bin.yaml"))[1])
+    case("config_recipe_is_a_directory", "is a directory: give a YAML file", lambda d: cli("config", d))
+    case("config_two_reward_sources", "reward: 2 sources are given (reward.function, reward.url)",
+         lambda d: cli("config", RECIPE, "reward.url=http://h/r", "reward.function=m:f"))
+    case("config_delete_missing_key", "override ~model.nope: the recipe sets no such key", lambda d: cli("config", RECIPE, "~model.nope"))
+    case("config_vllm_pipeline", "rollout.engine: vllm runs at pipeline size 1 (got pp=2)",
+         lambda d: cli("config", RECIPE, "rollout.engine=vllm", "parallel.pp=2"))
+    case("config_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
+         lambda d: cli("config", RECIPE, f"policy.ckpt={gemma}"))
     case("simulate_too_large", "100000000 sequences need about", lambda d: cli("simulate", "--vocab", "10", "--length", "8"))
     case("simulate_beta_2", "--beta must lie in [0, 1]", lambda d: cli("simulate", "--beta", "2"))
     case("simulate_vocab_0", "--vocab must be >= 2", lambda d: cli("simulate", "--vocab", "0"))
@@ -253,6 +272,14 @@ def catalogue(tmp_path_factory, converted):
         return lambda p: (p / "config.json").write_text(value)
 
     cfg = json.loads((hf / "config.json").read_text())
+    def nan_weight(p):
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(p / "model.safetensors")
+        weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+        save_file(weights, p / "model.safetensors", metadata={"format": "pt"})
+
+    case("convert_non_finite_weight", "model.layers.0.mlp.up_proj.weight holds non-finite values", lambda d: hf_copy(d, nan_weight))
     case("convert_truncated_weights", "model.safetensors: not a readable safetensors file", lambda d: hf_copy(d, truncate_weights))
     case("convert_config_not_json", "config.json:1: not valid JSON", lambda d: hf_copy(d, edit_config("{not json")))
     case("convert_config_a_list", "expected a JSON object, got a list", lambda d: hf_copy(d, edit_config("[1, 2]")))
@@ -286,6 +313,13 @@ def catalogue(tmp_path_factory, converted):
 
     case("export_incomplete_checkpoint", "is missing: the checkpoint is incomplete", export_incomplete)
 
+    def export_corrupted(d):
+        shutil.copytree(gemma, d / "ck")
+        corrupt_bytes(d / "ck" / "model")
+        return ("megatron_to_hf", d / "ck", d / "out")
+
+    case("export_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged", export_corrupted)
+
     snapshot = {k: _listing(v[2]) for k, v in expected.items()}  # inputs are in place now
     results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600)[0]
     return {name: (message, *results[name], snapshot[name], _listing(d))
@@ -302,16 +336,18 @@ CASE_NAMES = [
     "train_model_key_contradicts_checkpoint",
     "train_resume_sharded_optimizer_state",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
-    "train_latest_names_missing_step",
+    "train_latest_names_missing_step", "train_corrupted_checkpoint_bytes",
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
     "train_empty_prompt_file", "train_prompts_longer_than_context", "train_prompt_ids_outside_vocab",
     "score_missing_input", "score_batch_size_0", "score_output_dir_missing", "score_incomplete_checkpoint",
     "score_longer_than_context", "score_output_is_a_directory", "generate_input_not_utf8", "generate_zero_new_tokens", "generate_negative_new_tokens",
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
-    "config_yaml_syntax", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
-    "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
+    "config_yaml_syntax", "config_recipe_not_utf8", "config_recipe_is_a_directory", "config_two_reward_sources",
+    "config_delete_missing_key", "config_vllm_pipeline", "config_model_key_contradicts_checkpoint", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
+    "convert_non_finite_weight", "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
     "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_config_missing_vocab",
     "convert_config_missing_head_dim", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
+    "export_corrupted_checkpoint_bytes",
 ]
 
 
