@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix = f"[rank {_rank()}] " if _rank() else ""
             print(f"megatron-bond: {prefix}{err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handling starts (train: signals.py), or in a command
+        print("megatron-bond: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `megatron-bond config ... | head`: the reader left, nothing to say
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -1,6 +1,9 @@
 """Export a Megatron checkpoint (saved at any TP/PP) to Hugging Face format.
 
     python tools/convert_megatron_to_hf.py --ckpt-dir CKPT --out-dir HF [--overwrite]
+
+CKPT: a converted checkpoint, a run's policy/, or any of its checkpoints/step_N (the policy's weights;
+config and tokenizer from the run's policy.ckpt/hf).
 """
 
 import sys

@@ -11,6 +11,7 @@ fits, 1 when it does not (with the smallest change that would), 2 for bad input.
 
 import argparse
 import dataclasses
+import math
 import sys
 
 from megatron_bond.config import ConfigError, load_config
@@ -19,8 +20,8 @@ from megatron_bond.resolve import resolve_present
 
 
 def _allocation(args) -> Allocation:
-    if args.nodes < 1 or args.gpus_per_node < 0 or not args.gpu_memory_gb > 0:
-        raise ConfigError(f"--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gb > 0 (got {args.nodes}, "
+    if args.nodes < 1 or args.gpus_per_node < 0 or not 0 < args.gpu_memory_gb < math.inf:
+        raise ConfigError(f"--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gb a finite number > 0 (got {args.nodes}, "
                           f"{args.gpus_per_node}, {args.gpu_memory_gb})")
     return Allocation(args.nodes, max(1, args.gpus_per_node), args.gpu_memory_gb)
 

@@ -159,8 +159,12 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
 
 def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     cfg = read_checkpoint_config(ckpt_dir, ParallelConfig())
-    if not (Path(ckpt_dir) / "hf" / "config.json").is_file():
-        raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint to export with")
+    hf_dir = Path(ckpt_dir) / "hf"
+    if not (hf_dir / "config.json").is_file() and cfg.policy.ckpt:  # a training checkpoint: its run's source
+        hf_dir = Path(cfg.policy.ckpt) / "hf"
+    if not (hf_dir / "config.json").is_file():
+        raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint (nor in its run's policy.ckpt) to "
+                          "export with")
     with staged_output(out_dir, overwrite, inputs=(ckpt_dir,)) as tmp:
         init_distributed(cfg.parallel, seed=cfg.run.seed)
         try:
@@ -174,5 +178,5 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
             writer.close()
         finally:
             destroy_distributed()
-        copy_side_files(Path(ckpt_dir) / "hf", tmp)
+        copy_side_files(hf_dir, tmp)
     return cfg

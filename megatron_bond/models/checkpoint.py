@@ -21,9 +21,15 @@ from megatron_bond.models.keys import canonical
 CONFIG_FILE = "megatron_bond.json"
 
 
-def _sharded(chunks) -> dict:
+def _sharded(chunks, prefix: str = "") -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
-    return {f"chunk{i}": canonical(chunk.sharded_state_dict()) for i, chunk in enumerate(chunks)}
+    return {f"chunk{i}": canonical(chunk.sharded_state_dict(prefix=prefix)) for i, chunk in enumerate(chunks)}
+
+
+def _training_step(ckpt_dir: str | Path) -> bool:
+    """A training checkpoint (RUN_DIR/checkpoints/step_N, train/state.py): its config in config.json, its
+    policy under "policy." keys of dist/ (beside the anchor and the optimizer state)."""
+    return (Path(ckpt_dir) / "trainer.json").is_file()
 
 
 def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
@@ -37,9 +43,10 @@ def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
 
 
 def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None = None, check: bool = True) -> Config:
-    """The config a checkpoint was saved with (``parallel`` replaced), after checking that its tensors are
+    """The config a checkpoint (or a training checkpoint, for its policy) was saved with (``parallel`` replaced), after checking that its tensors are
     complete (``check=False``: the config alone, for a planner on a machine without the weights)."""
-    path = Path(ckpt_dir) / CONFIG_FILE
+    training = _training_step(ckpt_dir)
+    path = Path(ckpt_dir) / ("config.json" if training else CONFIG_FILE)
     if not path.is_file():
         raise ConfigError(f"{ckpt_dir}: not a megatron-bond checkpoint (no {CONFIG_FILE})")
     try:
@@ -50,7 +57,7 @@ def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None
         cfg = dataclasses.replace(cfg, parallel=parallel)
     cfg = cfg.validate()
     if check:  # here, before any process group exists: a damaged checkpoint is one line from one rank
-        check_complete(Path(ckpt_dir) / "model")
+        check_complete(Path(ckpt_dir) / ("dist" if training else "model"))
     return cfg
 
 
@@ -108,13 +115,14 @@ def refuse_non_finite(state, where: str, group) -> None:
 
 def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     """Build the model at ``cfg.parallel`` (process groups already initialised; every rank loads) and
-    load its weights (from a checkpoint that read_checkpoint_config has found complete), refusing
+    load its weights (a training checkpoint's: its policy) (from a checkpoint that read_checkpoint_config has found complete), refusing
     non-finite ones."""
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
-    state = dist_checkpointing.load(_sharded(chunks), str(Path(ckpt_dir) / "model"))
+    prefix, folder = ("policy.", "dist") if _training_step(ckpt_dir) else ("", "model")
+    state = dist_checkpointing.load(_sharded(chunks, prefix), str(Path(ckpt_dir) / folder))
     refuse_non_finite(state, str(ckpt_dir), torch.distributed.group.WORLD)
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state[f"chunk{i}"])
+        chunk.load_state_dict({k[len(prefix):]: v for k, v in state[f"chunk{i}"].items()})
     return chunks

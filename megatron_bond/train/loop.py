@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -44,6 +45,23 @@ def prepare_output_dir(path: Path) -> bool:
     except OSError as err:
         raise ConfigError(f"run.output_dir {path} is not writable ({err.strerror}): choose another directory") from None
     return created
+
+
+def lock_output_dir(path: Path) -> int | None:
+    """Rank 0 holds an exclusive lock on the output directory for the whole run (released when the process
+    ends, however it ends), so a second `train` on it is refused instead of interleaving metrics.jsonl and
+    checkpoints. Returns the locked descriptor (None on other ranks). flock on the directory itself: no
+    file is left behind."""
+    if not _first_rank():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"run.output_dir {path} is in use by another `megatron-bond train` (it holds the directory's "
+                          "lock): wait for it to end, or choose another run.output_dir") from None
+    return fd
 
 
 def _first_rank() -> bool:
@@ -92,7 +110,12 @@ def train(cfg: Config) -> Path:
     out_dir = Path(cfg.run.output_dir)
     created = prepare_output_dir(out_dir)
     try:
-        return _train(cfg, out_dir)
+        lock = lock_output_dir(out_dir)
+        try:
+            return _train(cfg, out_dir)
+        finally:
+            if lock is not None:
+                os.close(lock)
     except BaseException:
         # Bad input found before a fresh run's first metrics row leaves nothing behind; a run with rows
         # keeps everything (its metrics say what happened; checkpoints are for the resume).
@@ -107,6 +130,13 @@ def _train(cfg: Config, out_dir: Path) -> Path:
     resume_from = latest_checkpoint(out_dir)
     if resume_from is not None:
         check_resumable(resume_from, cfg)  # before any process group or model
+        done = json.loads((resume_from / "trainer.json").read_text())["step"]
+        if done >= cfg.train.steps and (out_dir / POLICY_DIR).is_dir():
+            if _first_rank():
+                print(f"{out_dir} is complete: step {done} of train.steps={cfg.train.steps}, policy checkpoint "
+                      f"{out_dir / POLICY_DIR}; to train further, raise train.steps (run.allow_changed=[train.steps] "
+                      "with a decaying schedule)", flush=True)
+            return out_dir
     stop = StopSignal()
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
     try:

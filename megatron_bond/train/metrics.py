@@ -80,11 +80,12 @@ class MetricsLog:
 
     @staticmethod
     def _truncate_after(path: Path, step: int) -> None:
-        """A resumed run rewrites the steps after its checkpoint: drop the rows a crash left beyond it."""
+        """A resumed run rewrites the steps after its checkpoint: drop the rows a crash left beyond it. A
+        start from step 0 (a crash before the first checkpoint) rewrites every row, step 0's evaluation too."""
         if not path.exists():
             return
         rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["step"] <= step]
+        kept = [line for line in rows if 0 < json.loads(line)["step"] <= step]
         if len(kept) != len(rows):
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))

@@ -1,6 +1,7 @@
 """The catalogue of bad inputs (docs/reliability.md): every one is refused with one line that names the
 problem, a non-zero exit code, no traceback, and nothing partial left behind."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -100,6 +101,15 @@ def catalogue(tmp_path_factory, converted):
         return cli(*_train_args(d / "file" / "o"))
 
     case("train_unwritable_output", "is not writable", unwritable)
+    held = []  # open descriptors: the locks stay held until the cases have run
+
+    def output_dir_in_use(d):  # another train on it holds the lock (train/loop.py)
+        (d / "o").mkdir()
+        held.append(os.open(d / "o", os.O_RDONLY))
+        fcntl.flock(held[-1], fcntl.LOCK_EX)
+        return cli(*_train_args(d / "o"))
+
+    case("train_output_dir_in_use", "is in use by another `megatron-bond train`", output_dir_in_use)
     # train: checkpoints
     case("train_missing_policy_ckpt", "not a megatron-bond checkpoint", lambda d: cli(*_train_args(d / "o", f"policy.ckpt={d / 'nope'}")))
     case("train_reward_ckpt_not_reward", "is not a reward model",
@@ -322,6 +332,8 @@ def catalogue(tmp_path_factory, converted):
 
     snapshot = {k: _listing(v[2]) for k, v in expected.items()}  # inputs are in place now
     results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600)[0]
+    for fd in held:
+        os.close(fd)
     return {name: (message, *results[name], snapshot[name], _listing(d))
             for name, (message, _, d) in expected.items()}
 
@@ -329,7 +341,7 @@ def catalogue(tmp_path_factory, converted):
 CASE_NAMES = [
     "train_unknown_key", "train_bad_type", "train_bad_value", "train_missing_recipe", "train_yaml_syntax",
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
-    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_missing_policy_ckpt",
+    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_output_dir_in_use", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
     "train_resume_changed_reward", "train_resume_changed_lr", "train_allow_changed_unknown",
     "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",

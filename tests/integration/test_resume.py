@@ -114,16 +114,24 @@ def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(reference, tmp_p
     assert not list((tmp_path / "checkpoints").glob(".*.partial"))
 
 
-def test_sigusr1_checkpoints_exits_0_and_resumes(reference, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT])
+def test_sigusr1_or_ctrl_c_checkpoints_exits_0_and_resumes(reference, tmp_path, signum):
+    """Ctrl-C ended in a KeyboardInterrupt traceback and no checkpoint; now it is SIGUSR1's stop. A finished
+    run started again says it is complete."""
     proc = start(tmp_path)
     wait_for_step(proc, tmp_path, 3)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(signum)
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "Traceback" not in proc.stderr.read()
     stopped = int((tmp_path / "PREEMPTED").read_text())
     assert 3 <= stopped < STEPS and latest(tmp_path) == f"step_{stopped:07d}"
     train(tmp_path)
     assert not (tmp_path / "PREEMPTED").exists()
     assert [UNTIMED(r) for r in rows(tmp_path)] == reference
+    if signum == signal.SIGINT:
+        again = train(tmp_path)
+        assert f"is complete: step {STEPS} of train.steps={STEPS}" in again.stdout
+        assert [UNTIMED(r) for r in rows(tmp_path)] == reference
 
 
 def test_resume_at_another_layout(tmp_path):

@@ -69,3 +69,14 @@ def test_progress_off_prints_nothing(tmp_path, capsys):
     log.log({"step": 1, **STEP})
     log.close()
     assert capsys.readouterr().out == ""
+
+
+def test_a_start_from_step_0_rewrites_the_rows_of_a_crashed_first_attempt(tmp_path):
+    """A crash before the first checkpoint left eval step 0 (and step 1): the restart logged step 0 twice."""
+    rows = [{"step": 0, "eval": True}, {"step": 1}, {"step": 2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    MetricsLog._truncate_after(tmp_path / "metrics.jsonl", 0)
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    MetricsLog._truncate_after(tmp_path / "metrics.jsonl", 1)  # resumed from step 1's checkpoint
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
