@@ -27,8 +27,8 @@ def _config(args: argparse.Namespace) -> int:
     cfg = load_config(*_recipe_and_overrides(args))
     # train's checks before it builds a model (the checkpoints' architecture, the engine's layout), with
     # this machine's device deciding the training dtype as it would for train here.
-    _, missing = resolve_present(cfg, on_gpu=torch.cuda.is_available())
-    for key in missing:
+    _, absent = resolve_present(cfg, on_gpu=torch.cuda.is_available())
+    for key in absent:
         print(f"({key} {getattr(cfg, key.split('.')[0]).ckpt} not found here: checked with the recipe's model section)",
               file=sys.stderr)
     if args.get is None:

@@ -54,21 +54,23 @@ def training_dtype(cfg: Config, on_gpu: bool) -> str:
     return dtype
 
 
-def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) -> Config:
+def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True, absent: tuple[str, ...] = ()) -> Config:
     """``on_gpu``: where the run trains (None: this machine). ``check=False`` reads checkpoint configs
-    without checking their tensors (the planner, on a machine without the weights)."""
+    without checking their tensors (the planner, on a machine without the weights); ``absent``: the
+    checkpoints ("policy.ckpt", "reward.ckpt") not on this machine, checked through the recipe instead."""
     if on_gpu is None:
         import torch
 
         on_gpu = torch.cuda.is_available()
     model = cfg.model
-    if cfg.policy.ckpt:
+    policy_here = cfg.policy.ckpt and "policy.ckpt" not in absent
+    if policy_here:
         model = _model_from_checkpoint(cfg.model, _checkpoint_config(cfg.policy.ckpt, check).model,
                                        cfg.policy.ckpt)
-    if cfg.checkpoint.export_hf and check and not (Path(cfg.policy.ckpt) / "hf" / "config.json").is_file():
+    if cfg.checkpoint.export_hf and check and policy_here and not (Path(cfg.policy.ckpt) / "hf" / "config.json").is_file():
         raise ConfigError(f"checkpoint.export_hf: policy.ckpt {cfg.policy.ckpt} has no hf/config.json to export with "
                           "(a checkpoint converted by tools/convert_hf_to_megatron.py has one)")
-    if cfg.reward.ckpt:  # checked here too, before any process group (built later, beside the policy)
+    if cfg.reward.ckpt and "reward.ckpt" not in absent:  # checked here too, before any process group
         _checkpoint_config(cfg.reward.ckpt, check)
     if model.reward_head:
         raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
@@ -81,21 +83,18 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True) 
     return resolved
 
 
-def resolve_present(cfg: Config, on_gpu: bool, check: bool = True) -> tuple[Config, list[str]]:
+def resolve_present(cfg: Config, on_gpu: bool, check: bool = True) -> tuple[Config, tuple[str, ...]]:
     """What `train` checks before it builds a model, on any machine (`megatron-bond config`, the memory
     planner): ``resolve_config`` with the checkpoints that exist here, the engine's refusals of the config.
     A checkpoint that does not exist here (a login node, a recipe's placeholder path) is checked through
     the recipe's model section instead (the Gemma recipes spell out the released configs). Returns the
-    resolved config (the missing checkpoints unset) and the keys of the missing ones."""
-    paths = {"policy": cfg.policy.ckpt, "reward": cfg.reward.ckpt}
-    missing = [name for name, path in paths.items() if path and not Path(path).exists()]
-    present = dataclasses.replace(
-        cfg, policy=dataclasses.replace(cfg.policy, ckpt=None if "policy" in missing else cfg.policy.ckpt),
-        reward=dataclasses.replace(cfg.reward, ckpt=None if "reward" in missing else cfg.reward.ckpt))
-    resolved = resolve_config(present, on_gpu=on_gpu, check=check)
+    resolved config and the keys of the checkpoints not found."""
+    absent = tuple(key for key, path in (("policy.ckpt", cfg.policy.ckpt), ("reward.ckpt", cfg.reward.ckpt))
+                   if path and not Path(path).exists())
+    resolved = resolve_config(cfg, on_gpu=on_gpu, check=check, absent=absent)
     if resolved.rollout.engine == "vllm":
         check_layout(resolved)
-    return resolved, [f"{name}.ckpt" for name in missing]
+    return resolved, absent
 
 
 def uses_distributed_optimizer(cfg: Config) -> bool:

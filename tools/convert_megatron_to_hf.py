@@ -11,5 +11,7 @@ import sys
 from megatron_bond.convert.convert import megatron_to_hf
 from megatron_bond.convert.tool import run_tool
 
+SOURCE = "--ckpt-dir"  # the input directory's option (tests/unit/test_readme_commands.py parses with it)
+
 if __name__ == "__main__":
-    sys.exit(run_tool(__doc__, "--ckpt-dir", megatron_to_hf))
+    sys.exit(run_tool(__doc__, SOURCE, megatron_to_hf))

@@ -50,15 +50,15 @@ def main() -> int:
         alloc = _allocation(args)
         on_gpu = args.gpus_per_node > 0 and not args.cpu
         recipe = load_config(args.recipe, args.overrides)
-        cfg, missing = resolve_present(recipe, on_gpu=on_gpu, check=False)
+        cfg, absent = resolve_present(recipe, on_gpu=on_gpu, check=False)
         reward = None
-        if cfg.reward.ckpt:
+        if "reward.ckpt" in absent:
+            reward = dataclasses.replace(cfg.model, reward_head=True)
+            print(f"(reward model {recipe.reward.ckpt} not found here: planned as the policy's size)")
+        elif cfg.reward.ckpt:
             from megatron_bond.models.checkpoint import read_checkpoint_config
 
             reward = read_checkpoint_config(cfg.reward.ckpt, check=False).model
-        elif "reward.ckpt" in missing:
-            reward = dataclasses.replace(cfg.model, reward_head=True)
-            print(f"(reward model {recipe.reward.ckpt} not found here: planned as the policy's size)")
         if reward is not None:  # it runs in the training dtype, beside the policy
             reward = dataclasses.replace(reward, params_dtype=cfg.model.params_dtype)
         _check_layout(cfg, alloc)

@@ -3,6 +3,7 @@
 HF -> Megatron streams one HF tensor at a time into the TP=1 model, then saves a distributed checkpoint
 that loads at any TP/PP. Megatron -> HF loads any checkpoint (whatever layout saved it) at TP=1 and
 streams the tensors out in 5 GiB safetensors shards. Either way the output appears only when complete.
+The progress bars show on a terminal only (in a log file they would be one \r-joined line).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
                 if shape != tuple(params[mk].shape):
                     raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hk[0]} maps to "
                                       f"shape {shape}, the config's model has {tuple(params[mk].shape)}")
-            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
+            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor", disable=None):
                 tensors = {k: reader.get(k) for k in hk}
                 bad = first_non_finite(tensors)
                 if bad is not None:
@@ -172,7 +173,7 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
             params = model.state_dict()
             writer = SafetensorsWriter(tmp)
             plan = [(mk, hk, r.kind) for r in rules_for(cfg.model) for mk, hk in r.expand(cfg.model.num_layers)]
-            for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor"):
+            for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor", disable=None):
                 for name, tensor in zip(hk, to_hf(kind, params[mk], cfg.model)):
                     writer.add(name, tensor.clone())
             writer.close()

@@ -20,13 +20,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_tool(doc: str, src_flag: str, convert: Callable) -> int:
-    name = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+def tool_parser(name: str, doc: str, src_flag: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=name, description=doc.split("\n")[0])
     p.add_argument(src_flag, required=True, dest="src", help="the directory to convert (read only, never modified)")
     p.add_argument("--out-dir", required=True, help="the directory to write (appears only when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-dir (never an input)")
-    args = p.parse_args()
+    return p
+
+
+def run_tool(doc: str, src_flag: str, convert: Callable) -> int:
+    name = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+    args = tool_parser(name, doc, src_flag).parse_args()
     signal.signal(signal.SIGINT, _interrupt)
     try:
         cfg = convert(args.src, args.out_dir, args.overwrite)
