@@ -52,7 +52,8 @@ class DataConfig:
     eval_path: Optional[str] = None  # held-out prompts; None: eval_size prompts held out of `path`
     text_field: str = "text"  # tokenized with the policy checkpoint's SentencePiece tokenizer
     tokens_field: str = "tokens"  # used instead where rows carry token ids
-    chat_template: bool = False  # wrap text in Gemma's user turn and open the model turn
+    messages_field: str = "messages"  # or a conversation, [{"role", "content"}, ...], in the chat format
+    chat_template: bool = False  # wrap text in the checkpoint's chat template (else Gemma's turns), opening the model turn
     max_prompt_tokens: int = 64  # longer prompts are dropped (and counted)
     eval_size: int = 32
     num_prompts: int = 512  # tiny run only: how many prompts to generate

@@ -32,6 +32,7 @@ from megatron_bond.models.hf_config import (
     model_config_from_hf,
     read_hf_config,
 )
+from megatron_bond.models.tokenizer import read_text_side
 from megatron_bond.runtime import destroy_distributed, init_distributed
 
 # HF tensors that carry nothing the Megatron model lacks (tied output layer, RoPE caches).
@@ -111,6 +112,15 @@ def _check_head_dim(hf_dir: Path, raw: dict, plan, reader: SafetensorsReader, m)
                       f"{m.kv_channels})")
 
 
+def _check_tokenizer(hf_dir: Path, vocab_size: int) -> None:
+    """The tokenizer files travel with the checkpoint and text prompts need them later: a damaged one, or
+    one with more ids than the embedding has rows, is refused now rather than at the first training run."""
+    text = read_text_side(hf_dir)
+    if text.tokenizer is not None and text.tokenizer.size() > vocab_size:
+        raise ConfigError(f"{hf_dir}: the tokenizer has {text.tokenizer.size()} ids, the model's vocabulary "
+                          f"{vocab_size}: not this model's tokenizer")
+
+
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -122,6 +132,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     reader = SafetensorsReader(hf_dir)
     plan = _plan(reader, cfg, multimodal)
     _check_head_dim(hf_dir, raw, plan, reader, cfg.model)
+    _check_tokenizer(hf_dir, cfg.model.vocab_size)
     with staged_output(out_dir, overwrite, inputs=(hf_dir,)) as tmp:
         init_distributed(ParallelConfig(), seed=cfg.run.seed)
         try:

@@ -79,7 +79,7 @@ def _announce(t: Trainer, resume_from: Path | None, start: int) -> None:
     print(f"megatron-bond train: world {d.world_size} = tp {d.tp} × pp {d.pp} × dp {d.dp} ({d.backend}), "
           f"{cfg.model.family} {cfg.model.num_layers} layers, {cfg.model.params_dtype}; {algo}; "
           f"{len(t.prompts.train)} training / {len(t.prompts.eval)} held-out prompts "
-          f"({t.prompts.dropped} longer than the limit dropped); {cfg.train.steps} steps of "
+          f"({t.prompts.dropped} longer than the limit, {t.prompts.empty} empty dropped); {cfg.train.steps} steps of "
           f"{cfg.train.global_batch_size} prompts -> {cfg.run.output_dir}", flush=True)
 
 

@@ -85,7 +85,7 @@ class MetricsLog:
         if not path.exists():
             return
         rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if 0 < json.loads(line)["step"] <= step]
+        kept = [line for line in rows if json.loads(line)["step"] <= step] if step > 0 else []
         if len(kept) != len(rows):
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))

@@ -289,6 +289,8 @@ def catalogue(tmp_path_factory, converted):
         weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
         save_file(weights, p / "model.safetensors", metadata={"format": "pt"})
 
+    case("convert_unusable_tokenizer", "tokenizer.json: not a usable tokenizer",
+         lambda d: hf_copy(d, lambda p: (p / "tokenizer.json").write_text("{not json")))
     case("convert_non_finite_weight", "model.layers.0.mlp.up_proj.weight holds non-finite values", lambda d: hf_copy(d, nan_weight))
     case("convert_truncated_weights", "model.safetensors: not a readable safetensors file", lambda d: hf_copy(d, truncate_weights))
     case("convert_config_not_json", "config.json:1: not valid JSON", lambda d: hf_copy(d, edit_config("{not json")))
@@ -356,7 +358,7 @@ CASE_NAMES = [
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
     "config_yaml_syntax", "config_recipe_not_utf8", "config_recipe_is_a_directory", "config_two_reward_sources",
     "config_delete_missing_key", "config_vllm_pipeline", "config_model_key_contradicts_checkpoint", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
-    "convert_non_finite_weight", "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
+    "convert_unusable_tokenizer", "convert_non_finite_weight", "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
     "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_config_missing_vocab",
     "convert_config_missing_head_dim", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
     "export_corrupted_checkpoint_bytes",
