@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -16,7 +18,7 @@ from megatron_bond.errors import RunError
 from megatron_bond.runtime import destroy_distributed, init_distributed
 from megatron_bond.train.evaluate import evaluate
 from megatron_bond.train.hf_export import EXPORTS, HfExports
-from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
+from megatron_bond.train.metrics import METRICS_FILE, MetricsLog, check_wandb_online
 from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
@@ -98,6 +100,39 @@ def save_policy(t: Trainer, out_dir: Path) -> Path:
     return target
 
 
+def _no_space(err: BaseException) -> bool:
+    """A full disk, however the save reports it: an OSError, or torch's CheckpointException carrying each
+    rank's failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in f"{err} {getattr(err, 'failures', '')!r}":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _disk_full_in_one_line(out_dir: Path, step: int, rank: int):
+    """A save that fills the disk: its partial directory removed, one line (``latest`` still names the
+    previous complete checkpoint: state.py renames and points only after every rank's files are written)."""
+    try:
+        yield
+    except Exception as err:
+        if not _no_space(err):
+            raise
+        root = out_dir / CHECKPOINTS
+        if rank == 0:
+            shutil.rmtree(root / f".step_{step:07d}.partial", ignore_errors=True)
+        pointer = root / "latest"
+        previous = pointer.read_text().strip() if pointer.is_file() else "none yet"
+        raise RunError(f"step {step}: no space left on device while saving a checkpoint under {root}; latest still "
+                       f"names {previous}: free space (or lower checkpoint.keep_last) and start the same command "
+                       "again") from None
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -107,6 +142,7 @@ def train(cfg: Config) -> Path:
     On SIGTERM / SIGUSR1 every rank saves a checkpoint and the run returns early (exit 0: Slurm requeues
     and the next start resumes); ``PREEMPTED`` in the output directory says so."""
     cfg = resolve_config(cfg)
+    check_wandb_online(cfg)
     out_dir = Path(cfg.run.output_dir)
     created = prepare_output_dir(out_dir)
     try:
@@ -166,7 +202,7 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                     metrics.log_evaluation(*evaluate(t, step))
                 preempted = stop.agreed()
                 if preempted or _due(step, cfg.checkpoint.every, last):
-                    with t.clock.phase("checkpoint_save"):
+                    with t.clock.phase("checkpoint_save"), _disk_full_in_one_line(out_dir, step, dist.rank):
                         ckpt = save_checkpoint(t, step, out_dir)
                     if exports is not None and not preempted:  # a preempted job has seconds, not minutes
                         exports.start(t, step)

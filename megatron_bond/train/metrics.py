@@ -9,9 +9,12 @@ steps and one per evaluation, which `tail -f` and `srun --label` show as they co
 from __future__ import annotations
 
 import json
+import netrc
 import os
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import strict
@@ -157,6 +160,27 @@ class MetricsLog:
         if self.tb is not None:
             self.tb.close()
         self.file.close()
+
+
+def check_wandb_online(cfg: Config, timeout_s: float = 5.0) -> None:
+    """logging.wandb_mode=online needs a login and the wandb server: say so in one line before any model
+    loads (wandb itself ends in a traceback, after a 98 s wait without a network)."""
+    if cfg.logging.wandb_mode != "online":
+        return
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+    fixes = "use logging.wandb_mode=offline (then `wandb sync RUN_DIR/wandb/offline-run-*`) or disabled"
+    try:
+        login = netrc.netrc().authenticators(host)
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or unreadable
+        login = None
+    if not os.environ.get("WANDB_API_KEY") and login is None:
+        raise ConfigError(f"logging.wandb_mode=online: no wandb login for {host} (WANDB_API_KEY unset, no ~/.netrc "
+                          f"entry): set WANDB_API_KEY, run `wandb login`, or {fixes}")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"logging.wandb_mode=online: cannot reach {host}:{port} ({err.strerror or err}): {fixes}") from None
 
 
 def _run_id(out_dir: Path) -> str:

@@ -109,6 +109,9 @@ def catalogue(tmp_path_factory, converted):
         fcntl.flock(held[-1], fcntl.LOCK_EX)
         return cli(*_train_args(d / "o"))
 
+    # WANDB_BASE_URL points at a closed local port (below): refused for the login or for the server
+    case("train_wandb_online_unreachable", "logging.wandb_mode=online: ",
+         lambda d: cli(*_train_args(d / "o", "logging.wandb_mode=online")))
     case("train_output_dir_in_use", "is in use by another `megatron-bond train`", output_dir_in_use)
     # train: checkpoints
     case("train_missing_policy_ckpt", "not a megatron-bond checkpoint", lambda d: cli(*_train_args(d / "o", f"policy.ckpt={d / 'nope'}")))
@@ -333,7 +336,8 @@ def catalogue(tmp_path_factory, converted):
     case("export_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged", export_corrupted)
 
     snapshot = {k: _listing(v[2]) for k, v in expected.items()}  # inputs are in place now
-    results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600)[0]
+    results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600,
+                        env={"WANDB_BASE_URL": "http://127.0.0.1:9"})[0]
     for fd in held:
         os.close(fd)
     return {name: (message, *results[name], snapshot[name], _listing(d))
@@ -343,7 +347,7 @@ def catalogue(tmp_path_factory, converted):
 CASE_NAMES = [
     "train_unknown_key", "train_bad_type", "train_bad_value", "train_missing_recipe", "train_yaml_syntax",
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
-    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_output_dir_in_use", "train_missing_policy_ckpt",
+    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_output_dir_in_use", "train_wandb_online_unreachable", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
     "train_resume_changed_reward", "train_resume_changed_lr", "train_allow_changed_unknown",
     "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",

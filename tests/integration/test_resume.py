@@ -185,3 +185,12 @@ def test_a_changed_lr_is_refused_on_resume_unless_accepted_and_then_it_applies(t
     assert "resuming with changes accepted by run.allow_changed: optimizer.lr: 0.00025 -> 0.001" in done.stdout
     lrs = {r["step"]: r["lr"] for r in rows(out) if not r.get("eval")}
     assert [lrs[s] for s in range(1, 7)] == [0.00025] * 4 + [1e-3] * 2
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A torch CheckpointException traceback with no "No space left" before; the partial directory stayed."""
+    done = train(tmp_path, env={"MEGATRON_BOND_FAULT": "4:after_tensors:enospc"}, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "step 4: no space left on device while saving a checkpoint" in done.stderr
+    assert "latest still names step_0000002" in done.stderr
+    assert latest(tmp_path) == "step_0000002" and not list((tmp_path / "checkpoints").glob(".*.partial"))

@@ -80,3 +80,20 @@ def test_a_start_from_step_0_rewrites_the_rows_of_a_crashed_first_attempt(tmp_pa
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     MetricsLog._truncate_after(tmp_path / "metrics.jsonl", 1)  # resumed from step 1's checkpoint
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_wandb_online_without_a_login_or_a_server_is_one_line_before_any_model(tmp_path, monkeypatch):
+    from megatron_bond.config import ConfigError
+    from megatron_bond.train.metrics import check_wandb_online
+
+    online = load_config(None, ["logging.wandb_mode=online"])
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ConfigError, match="no wandb login for 127.0.0.1 .*: set WANDB_API_KEY, run `wandb login`, or use "
+                                          "logging.wandb_mode=offline"):
+        check_wandb_online(online)
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    with pytest.raises(ConfigError, match="cannot reach 127.0.0.1:9 .*: use logging.wandb_mode=offline"):
+        check_wandb_online(online)
+    check_wandb_online(load_config(None, ["logging.wandb_mode=offline"]))  # nothing to check
