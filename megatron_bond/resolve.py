@@ -78,8 +78,11 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True, 
     if bond.anchor == "auto":  # the algorithm's first anchor mode
         bond = dataclasses.replace(bond, anchor=ALGORITHMS[bond.algorithm].anchor_modes[0])
     model = dataclasses.replace(model, params_dtype=training_dtype(cfg, on_gpu))
-    resolved = dataclasses.replace(cfg, model=model, bond=bond).validate()
-    check_rollout_fits(resolved)
+    # `~model` and a checkpoint on another machine: no architecture here to check (train checks it)
+    unknown = "policy.ckpt" in absent and cfg.model == ModelConfig()
+    resolved = dataclasses.replace(cfg, model=model, bond=bond).validate(architecture=not unknown)
+    if not unknown:
+        check_rollout_fits(resolved)
     return resolved
 
 

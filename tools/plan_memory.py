@@ -13,8 +13,9 @@ import argparse
 import dataclasses
 import math
 import sys
+from pathlib import Path
 
-from megatron_bond.config import ConfigError, load_config
+from megatron_bond.config import ConfigError, ModelConfig, load_config
 from megatron_bond.memory import Allocation, format_plan, plan, smallest_change
 from megatron_bond.resolve import resolve_present
 
@@ -50,6 +51,9 @@ def main() -> int:
         alloc = _allocation(args)
         on_gpu = args.gpus_per_node > 0 and not args.cpu
         recipe = load_config(args.recipe, args.overrides)
+        if recipe.policy.ckpt and not Path(recipe.policy.ckpt).exists() and recipe.model == ModelConfig():
+            raise ConfigError(f"policy.ckpt {recipe.policy.ckpt} is not here and the recipe has no model section: "
+                              "nothing to plan (keep the model section, or plan where the checkpoint is)")
         cfg, absent = resolve_present(recipe, on_gpu=on_gpu, check=False)
         reward = None
         if "reward.ckpt" in absent:

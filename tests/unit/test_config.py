@@ -86,6 +86,13 @@ def test_tilde_deletes_a_key_or_a_section():
             load_config(RECIPE, [f"~{key}"])
 
 
+def test_a_deleted_model_section_with_a_checkpoint_elsewhere_is_checked_by_train(capsys):
+    """A login node without the checkpoint: nothing to check the architecture against (it was refused as
+    the schema's tiny default model at tp=8)."""
+    assert main(["config", "recipes/jbond_gemma2_9b.yaml", "policy.ckpt=elsewhere/gemma-2-2b", "~model"]) == 0
+    assert "policy.ckpt elsewhere/gemma-2-2b not found here: the architecture is checked when train reads it" in capsys.readouterr().err
+
+
 def test_config_runs_the_checks_train_runs(capsys):
     """`config` accepted rollout.engine=vllm at pp=2, which train and the planner refuse."""
     assert main(["config", RECIPE, "rollout.engine=vllm", "parallel.pp=2"]) == 2
