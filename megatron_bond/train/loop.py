@@ -23,6 +23,7 @@ from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
     CHECKPOINTS,
+    LATEST,
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
@@ -126,7 +127,7 @@ def _disk_full_in_one_line(out_dir: Path, step: int, rank: int):
         root = out_dir / CHECKPOINTS
         if rank == 0:
             shutil.rmtree(root / f".step_{step:07d}.partial", ignore_errors=True)
-        pointer = root / "latest"
+        pointer = root / LATEST
         previous = pointer.read_text().strip() if pointer.is_file() else "none yet"
         raise RunError(f"step {step}: no space left on device while saving a checkpoint under {root}; latest still "
                        f"names {previous}: free space (or lower checkpoint.keep_last) and start the same command "
@@ -139,8 +140,8 @@ def _due(step: int, every: int, last: int) -> bool:
 
 def train(cfg: Config) -> Path:
     """Train from the start, or resume from ``latest`` in run.output_dir. Returns the output directory.
-    On SIGTERM / SIGUSR1 every rank saves a checkpoint and the run returns early (exit 0: Slurm requeues
-    and the next start resumes); ``PREEMPTED`` in the output directory says so."""
+    On SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) every rank saves a checkpoint and the run returns early (exit 0:
+    Slurm requeues and the next start resumes); ``PREEMPTED`` in the output directory says so."""
     cfg = resolve_config(cfg)
     check_wandb_online(cfg)
     out_dir = Path(cfg.run.output_dir)
