@@ -19,11 +19,11 @@ models on CPU in tests/integration/test_memory_plan.py; docs/memory.md shows the
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
+from megatron_bond.rollout.engine import samples_per_wave
 from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
 from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
@@ -201,10 +201,23 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     w = DTYPE_BYTES[m.params_dtype]
     seq = _seq(cfg)
     algo = algorithm_for(cfg.bond)
-    rollout_batch = cfg.rollout.batch_size * max(algo.policy_samples, algo.anchor_samples)
-    eval_batch = cfg.rollout.batch_size * cfg.train.eval_ref_samples  # π_ref's k samples per held-out prompt
+    # An engine call holds rollout.batch_size prompts × their samples of one wave (rollout.max_kv_tokens).
+    wave = samples_per_wave(cfg)
+    rollout_batch = cfg.rollout.batch_size * min(max(algo.policy_samples, algo.anchor_samples), wave or math.inf)
+    eval_batch = cfg.rollout.batch_size * min(cfg.train.eval_ref_samples, wave or math.inf)  # π_ref's k samples
     prompt = min(cfg.data.max_prompt_tokens, m.max_seq_length - cfg.rollout.max_new_tokens)
-    microbatches = algo.trained_per_prompt * cfg.train.global_batch_size // dp // p.micro_batch_size
+    rows = algo.trained_per_prompt * cfg.train.global_batch_size // dp  # training sequences per rank
+    # A microbatch's shape (sequence, rows): packed, one row of the token budget's positions (every pack
+    # at most the budget, rounded up to the TP multiple under sequence parallelism) and at most one pack
+    # per row; else micro_batch_size rows of the longest sequence.
+    if cfg.train.packing:
+        split = tp if p.sequence_parallel else 1
+        train_shape, microbatches = (-(-cfg.train.max_tokens_per_microbatch // split) * split, 1), rows
+        score_shape = (cfg.rollout.score_max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch, 1)
+        reward_shape = (cfg.reward.max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch, 1)
+    else:
+        train_shape, microbatches = (seq, p.micro_batch_size), rows // p.micro_batch_size
+        score_shape, reward_shape = (seq, cfg.rollout.score_batch_size), (seq, cfg.reward.batch_size)
     vocab = m.padded_vocab_size()
 
     def next_token_logits(batch: int) -> float:
@@ -216,15 +229,15 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
     def stage(s: int) -> Plan:
         n, layers, last = stage_params(m, tp, pp, s, policy_layers[s]), policy_layers[s], s == pp - 1
         inflight = min(pp - s, microbatches)
-        acts = (activation_bytes(m, tp, layers, seq, p.micro_batch_size, last_stage=last) if not recompute
-                else layers * p.micro_batch_size * seq * m.hidden_size * w
-                + activation_bytes(m, tp, 1, seq, p.micro_batch_size, last_stage=last))
+        acts = (activation_bytes(m, tp, layers, *train_shape, last_stage=last) if not recompute
+                else layers * train_shape[0] * train_shape[1] * m.hidden_size * w
+                + activation_bytes(m, tp, 1, *train_shape, last_stage=last))
         rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
         # Every model-space tensor a checkpoint holds, in bytes per parameter: policy weights, the anchor's
         # fp32 shadow and (not under the distributed optimizer, whose state is flat) Adam and the masters.
         saved_per_param = w + 4 + (0 if dist_opt else 8 + (4 if w != 4 else 0))
         fc1 = saved_per_param * fc1_params(m, tp, layers)
-        scoring_layer = no_grad_layer_bytes(m, tp, seq, cfg.rollout.score_batch_size)
+        scoring_layer = no_grad_layer_bytes(m, tp, *score_shape)
         resident = {
             "policy weights": w * n,
             "policy gradients (fp32 buffer)": 4 * n,
@@ -240,12 +253,12 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                         "prefill: one layer's intermediates": no_grad_layer_bytes(m, tp, prompt, rollout_batch)},
             "scoring": {"one layer's intermediates, no grad": scoring_layer,
                         "reward model: one layer's intermediates": no_grad_layer_bytes(
-                            reward, tp, seq, cfg.reward.batch_size) if reward else 0,
+                            reward, tp, *reward_shape) if reward else 0,
                         "fused scoring head (fp32 chunk)":
-                            4 * _logit_chunk(m, tp, cfg.rollout.score_batch_size * seq) if last else 0},
+                            4 * _logit_chunk(m, tp, score_shape[0] * score_shape[1]) if last else 0},
             "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
                       inflight * acts,
-                      "fused head (chunk + fp32 gradients)": head_bytes(m, tp, p.micro_batch_size * seq) if last else 0,
+                      "fused head (chunk + fp32 gradients)": head_bytes(m, tp, train_shape[0] * train_shape[1]) if last else 0,
                       "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
             # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),

@@ -2,7 +2,7 @@
 alike): the policy checkpoint's architecture, the training dtype, the anchor's mode.
 
 With ``policy.ckpt`` the architecture is the checkpoint's. Of the recipe's ``model`` keys, those that
-choose how to run take effect (``transformer_impl``; ``max_seq_length`` up to the checkpoint's); a key
+choose how to run take effect (``transformer_impl``, ``attention_impl``; ``max_seq_length`` up to the checkpoint's); a key
 that contradicts the checkpoint is refused, so a recipe written for another model says so instead of
 training this one. A key left at the schema's default counts as not given.
 """
@@ -17,7 +17,7 @@ from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.config.validate import check_rollout_fits
 from megatron_bond.rollout.vllm_engine import check_layout
 
-RUN_CHOICES = ("transformer_impl", "max_seq_length")  # how to run the checkpoint, not what it is
+RUN_CHOICES = ("transformer_impl", "attention_impl", "max_seq_length")  # how to run the checkpoint, not what it is
 FROM_ELSEWHERE = ("params_dtype",)  # the training dtype is policy.dtype's, not the checkpoint's storage dtype
 
 

@@ -37,9 +37,7 @@ def _forward(chunks, cfg: Config, batch: list[list[int]]) -> list:
     if not batch:
         return []
     values = forward_rows(chunks, cfg, batch)
-    if cfg.model.reward_head:
-        return [values[i, len(r) - 1].item() for i, r in enumerate(batch)]
-    return [values[i, : len(r) - 1].tolist() for i, r in enumerate(batch)]
+    return [v[-1].item() for v in values] if cfg.model.reward_head else [v.tolist() for v in values]
 
 
 def iter_scores(chunks, cfg: Config, rows: list[list[int]], batch_size: int) -> Iterator:

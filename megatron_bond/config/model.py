@@ -83,6 +83,10 @@ class ModelConfig:
     # Layer implementation: "local" (megatron-core's plain-torch modules), "transformer_engine" (TE's
     # fused modules; needs CUDA and TE), "auto" (TE where both are present). Checkpoints do not depend on it.
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    # Gemma's core attention (ops/attention.py): "auto" (SDPA where a layer needs no softcap, window, mask or
+    # documents; FlexAttention on CUDA; the chunked path on CPU), or one path forced: "chunked" (anywhere),
+    # "flex" (CUDA: FlexAttention has no backward on CPU), "eager" (the reference, [s, s] scores per head).
+    attention_impl: Literal["auto", "chunked", "flex", "eager"] = "auto"
 
     def padded_vocab_size(self) -> int:
         multiple = self.make_vocab_size_divisible_by

@@ -33,6 +33,8 @@ class RewardConfig:
     function: Optional[str] = None
     url: Optional[str] = None  # http:// or https://
     batch_size: int = 16  # sequences per reward-model forward, or per request to url
+    # The reward model's token budget per packed microbatch (train.packing); None: train's.
+    max_tokens_per_microbatch: Optional[int] = None
     max_concurrency: int = 4  # requests in flight per model-parallel group (url)
     timeout_s: float = 60.0  # per request (url)
     max_retries: int = 5  # on connection errors, timeouts, 429 and 5xx (url)
@@ -70,7 +72,12 @@ class RolloutConfig:
     vllm_memory_fraction: float = 0.3
     max_new_tokens: int = 16
     batch_size: int = 16  # prompts per generate call (each with all its samples)
-    score_batch_size: int = 16  # sequences per scoring forward pass
+    score_batch_size: int = 16  # sequences per scoring forward pass (unpacked: train.packing=false)
+    # Scoring's token budget per packed microbatch (train.packing); None: train.max_tokens_per_microbatch.
+    score_max_tokens_per_microbatch: Optional[int] = None
+    # The KV cache an engine call may hold, in tokens: the samples of a call are drawn in as many waves
+    # as needed (each wave rollout.batch_size prompts x as many samples as fit). None: all at once.
+    max_kv_tokens: Optional[int] = None
     # The reward of a response cut at max_new_tokens before any stop id, instead of the reward source's
     # (None: scored as if complete). Applied to every rollout: policy, anchor and evaluation.
     truncated_reward: Optional[float] = None
@@ -85,6 +92,12 @@ class TrainConfig:
     # Updates with a non-finite gradient are skipped (no weights, anchor or LR change); this many in a
     # row end the run without a checkpoint (the last one on disk stays the last good state).
     max_skipped_steps: int = 3
+    # Sequence packing (runtime/tokens.py): rows laid end to end in microbatches of at most
+    # max_tokens_per_microbatch tokens, each row attending only to itself, instead of
+    # parallel.micro_batch_size rows right-padded to the longest. Applies to training, scoring and the
+    # reward model.
+    packing: bool = False
+    max_tokens_per_microbatch: int = 4096
 
 
 @dataclass

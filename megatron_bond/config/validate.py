@@ -87,6 +87,8 @@ def _check_architecture(m, p) -> None:
         "model.layer_types",
         "entries must be 'sliding_attention' or 'full_attention'",
     )
+    _require(m.family != "gpt" or m.attention_impl == "auto", "model.attention_impl",
+             "the gpt family runs megatron-core's own attention: leave it at auto")
     uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
     if uneven:
         _require(p.pp > 1, "parallel.first_stage_layers", "uneven stages need pp > 1")
@@ -111,6 +113,29 @@ def check_rollout_fits(cfg) -> None:
     m, r = cfg.model, cfg.rollout
     _require(r.max_new_tokens < m.max_seq_length, "rollout.max_new_tokens",
              f"{r.max_new_tokens} leaves no room for a prompt in model.max_seq_length ({m.max_seq_length})")
+    row = longest_row(cfg)
+    _require(row <= m.max_seq_length, "data.max_prompt_tokens",
+             f"{cfg.data.max_prompt_tokens} + rollout.max_new_tokens {r.max_new_tokens} = {row} tokens exceed "
+             f"model.max_seq_length ({m.max_seq_length})")
+    if cfg.train.packing:  # a row is one document of one pack: it never spans two
+        _require(m.family != "gpt" or m.transformer_impl == "transformer_engine", "train.packing",
+                 "the gpt family's local attention (megatron-core's DotProductAttention) cannot serve packed "
+                 "documents: use a Gemma family, model.transformer_impl=transformer_engine, or train.packing=false")
+        for key, budget in (("train.max_tokens_per_microbatch", cfg.train.max_tokens_per_microbatch),
+                            ("rollout.score_max_tokens_per_microbatch", r.score_max_tokens_per_microbatch),
+                            ("reward.max_tokens_per_microbatch", cfg.reward.max_tokens_per_microbatch)):
+            _require(budget is None or budget >= row, key,
+                     f"{budget} tokens hold no row of the recipe's longest ({row} = data.max_prompt_tokens "
+                     "+ rollout.max_new_tokens)")
+    wave = r.batch_size * row  # one sample for each prompt of an engine call
+    _require(r.max_kv_tokens is None or r.max_kv_tokens >= wave, "rollout.max_kv_tokens",
+             f"{r.max_kv_tokens} tokens hold less than one sample for each of rollout.batch_size "
+             f"({r.batch_size}) prompts of {row} tokens ({wave})")
+
+
+def longest_row(cfg) -> int:
+    """The longest prompt + response a training run meets (longer prompts are dropped, train/data.py)."""
+    return cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
 
 
 def check_batch_split(cfg, dp: int) -> None:

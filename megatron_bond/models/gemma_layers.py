@@ -5,7 +5,8 @@
   norm keeps the fp32 output (``GemmaRMSNormFp32Output``).
 - ``GemmaCoreAttention``: attention per KV group (no per-head copies of keys and values) with Gemma 2's
   attention-logit softcap and sliding-window layers (Gemma 2 alternating, Gemma 3 by ``layer_types``),
-  chosen by the global layer number.
+  chosen by the global layer number, in memory linear in the sequence (ops/attention.py), over padded
+  batches or THD-packed documents.
 - ``GemmaSelfAttention``: ``SelfAttention`` whose sliding-window layers use their own RoPE base
   (Gemma 3's ``rope_local_base_freq``), and whose static KV cache holds keys already rotated.
 - ``post_normed(linear)``: a row-parallel linear followed by an RMSNorm of its output, for Gemma 2/3's
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+from megatron_bond.ops.attention import attention
 from megatron_bond.runtime.megatron_compat import RotatedCacheSelfAttention
 
 
@@ -54,11 +56,12 @@ def _is_sliding(config, layer_number: int) -> bool:
 
 
 class GemmaCoreAttention(DotProductAttention):
-    """Megatron's ``DotProductAttention`` interface with Gemma's attention: softcap before the mask,
-    sliding windows, softmax in fp32. It attends per KV group: the query heads that share a KV head
-    (Megatron's head order, h = group * heads_per_group + r) are rows of one matmul against that
-    group's keys, so keys and values are never expanded per head (Megatron repeats them, over the
-    whole KV cache at every decode step)."""
+    """Megatron's ``DotProductAttention`` interface with Gemma's attention (ops/attention.py): softcap
+    before the mask, sliding windows, causal, left padding and packed documents, per KV group (the query
+    heads that share a KV head are rows of one matmul against that group's keys, so keys and values are
+    never expanded per head, as Megatron's do over the whole KV cache at every decode step), in memory
+    linear in the sequence. ``model.attention_impl`` picks the path: "auto" (SDPA where nothing else is
+    needed, FlexAttention on CUDA, the chunked autograd Function elsewhere) or one forced."""
 
     def __init__(self, config, layer_number: int, *args, **kwargs):
         super().__init__(config, layer_number, *args, **kwargs)
@@ -66,48 +69,39 @@ class GemmaCoreAttention(DotProductAttention):
             raise ValueError("Gemma attention has no query-key layer scaling and no attention dropout")
         self.cap = config.attn_logit_softcap
         self.window = config.sliding_window if _is_sliding(config, layer_number) else None
+        self.impl = config.attention_impl
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        """``attention_mask``: None, or a bool [b, 1, sq, sk] (True: masked) of keys no query of a row may
-        see (the left padding of a generation batch); the causal and window masks are this layer's own."""
-        if attention_bias is not None or packed_seq_params is not None:
-            raise NotImplementedError("Gemma attention takes no attention bias and no packed sequences")
-        sq, b, heads, dim = query.shape  # query [sq, b, heads, dim]; key, value [sk, b, groups, dim]
-        if self.window is not None and key.size(0) > sq + self.window - 1:
-            key, value = key[-(sq + self.window - 1):], value[-(sq + self.window - 1):]  # keys no query sees
-        masked = None if attention_mask is None else attention_mask[..., -key.size(0):]
-        sk, groups = key.size(0), key.size(2)
-        q = query.permute(1, 2, 0, 3).reshape(b, groups, -1, dim)
-        # Scores, softcap and mask in the model dtype and the softmax in fp32, as HF's eager attention:
-        # an fp32 copy of every [b, heads, sq, sk] intermediate would cost training memory.
-        scores = torch.matmul(q, key.permute(1, 2, 3, 0)).view(b, heads, sq, sk) * self.softmax_scale
-        if self.cap:
-            scores = torch.tanh(scores / self.cap) * self.cap
-        if sq > 1:  # one query (a decode step) sees every key left after the window cut, but padding
-            causal = _causal_mask(sq, sk, self.window, query.device)
-            masked = causal if masked is None else masked | causal
-        if masked is not None:
-            scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        context = torch.matmul(probs.view(b, groups, -1, sk), value.permute(1, 2, 0, 3))
-        return context.view(b, heads, sq, dim).permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
+        """Unpacked: query [sq, b, heads, dim], key and value [sk, b, groups, dim], the queries the last sq
+        positions (a KV cache holds the others); ``attention_mask`` None or a bool [b, 1, sq or 1, sk]
+        (True: hidden) of keys a row's queries may not see (the left padding of a generation batch); the
+        causal and window masks are this layer's own. Packed (megatron-core's THD): query [t, heads, dim],
+        key and value [t, groups, dim], documents given by ``packed_seq_params.cu_seqlens_q``.
+        Returns [sq, b, heads·dim] ([t, 1, heads·dim] packed)."""
+        if attention_bias is not None:
+            raise NotImplementedError("Gemma attention takes no attention bias")
+        cu_seqlens = None
+        if packed_seq_params is not None:
+            cu_seqlens = packed_documents(packed_seq_params)
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+        sq, b, heads, dim = query.shape
+        q, k, v = (t.permute(1, 2, 0, 3).contiguous() for t in (query, key, value))  # [b, heads|groups, s, dim]
+        out = attention(q, k, v, scale=self.softmax_scale, softcap=self.cap, window=self.window,
+                        mask=attention_mask, cu_seqlens=cu_seqlens, impl=self.impl)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
 
 
-def _causal_mask(sq: int, sk: int, window: int | None, device: torch.device) -> torch.Tensor:
-    """True where attention is not allowed: future keys, and keys beyond the window. The queries are
-    the last ``sq`` of ``sk`` positions (a KV cache holds the earlier ones).
-
-    Built per call and never cached: the mask is one bool per (query, key), while the scores it masks,
-    allocated by the same call, are b·heads elements of at least 2 bytes per (query, key), so building
-    it costs under 1/(2·b·heads) of the call's memory and time, and nothing outlives the call (a cache
-    keyed by shape held gigabytes at 8k-token sequences)."""
-    q = torch.arange(sk - sq, sk, device=device).unsqueeze(1)
-    k = torch.arange(sk, device=device).unsqueeze(0)
-    masked = k > q
-    if window is not None:
-        masked |= (q - k) >= window  # HF: a key is visible while q - k < sliding_window
-    return masked.view(1, 1, sq, sk)
+def packed_documents(params) -> torch.Tensor:
+    """cu_seqlens (int32 [documents + 1]) of megatron-core's ``PackedSeqParams`` for self-attention over
+    THD-packed documents; refuses a layout this attention cannot serve (config validation refuses it for a
+    run before any process group: ``check_packed_attention``)."""
+    padded = (params.cu_seqlens_q_padded, params.cu_seqlens_kv_padded)
+    if (params.qkv_format != "thd" or any(p is not None for p in padded)
+            or not torch.equal(params.cu_seqlens_q, params.cu_seqlens_kv)):
+        raise NotImplementedError("Gemma attention serves THD-packed self-attention (cu_seqlens_q equal to "
+                                  "cu_seqlens_kv, no padded variants)")
+    return params.cu_seqlens_q
 
 
 class GemmaSelfAttention(RotatedCacheSelfAttention):

@@ -4,8 +4,8 @@ The plain GPT family uses Megatron's specs unchanged. Gemma families take the sa
 the modules of ``gemma_layers`` (norms, core attention, self-attention, post-normed projections).
 ``model.transformer_impl`` picks the local (plain-torch) spec or the Transformer Engine spec, where
 Megatron's zero-centred-gamma RMSNorm is fused into the TE linears (``models/keys.py`` gives both specs'
-tensors the same checkpoint keys). Gemma's core attention (softcap,
-sliding windows) is Megatron's unfused ``DotProductAttention`` on both.
+tensors the same checkpoint keys). Gemma's core attention (softcap, sliding windows, packed documents) is
+``GemmaCoreAttention`` on both (its path: ``model.attention_impl``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class BondTransformerConfig(TransformerConfig):
     sliding_window: Optional[int] = None
     attn_logit_softcap: Optional[float] = None
     rope_local_theta: Optional[float] = None
+    attention_impl: str = "auto"  # Gemma's core attention path (ModelConfig.attention_impl)
 
 
 def _te_available() -> bool:
@@ -65,6 +66,15 @@ def use_transformer_engine(cfg: Config) -> bool:
         raise ConfigError("model.transformer_impl: transformer_engine needs CUDA and Transformer Engine "
                           "(pip install -e '.[gpu]', or the NVIDIA PyTorch container); use local or auto")
     return impl == "transformer_engine" or (impl == "auto" and _te_available())
+
+
+def attention_impl(cfg: Config) -> str:
+    """model.attention_impl, refused where its path cannot train."""
+    impl = cfg.model.attention_impl
+    if impl == "flex" and not torch.cuda.is_available():
+        raise ConfigError("model.attention_impl: flex needs CUDA (FlexAttention has no backward on CPU); "
+                          "use auto or chunked")
+    return impl
 
 
 def transformer_config(cfg: Config) -> BondTransformerConfig:
@@ -102,6 +112,7 @@ def transformer_config(cfg: Config) -> BondTransformerConfig:
         sliding_window=m.sliding_window,
         attn_logit_softcap=m.attn_logit_softcap,
         rope_local_theta=m.rope_local_theta,
+        attention_impl=attention_impl(cfg),
         # Fusions that megatron-core builds itself on CUDA (jit / its own kernels, with plain-torch
         # fallbacks); on CPU Megatron's plain-torch paths run. persist_layer_norm stays off: it is
         # apex's LayerNorm, and megatron-core's torch norms refuse it (seen on an H200).

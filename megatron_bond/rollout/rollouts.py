@@ -35,6 +35,17 @@ class Rollouts:
         """No samples of any prompt (an algorithm that draws none from these weights)."""
         return cls(version, [[] for _ in range(prompts)], [[] for _ in range(prompts)], 0.0)
 
+    @classmethod
+    def joined(cls, waves: list["Rollouts"]) -> "Rollouts":
+        """Waves of samples of the same prompts from the same weights as one rollout: each prompt's
+        samples in wave order."""
+        first = waves[0]
+        if any(w.version != first.version for w in waves):
+            raise StaleRollout(f"waves of one rollout drawn from different weights: {[w.version for w in waves]}")
+        return cls(first.version, [sum(rs, []) for rs in zip(*(w.responses for w in waves))],
+                   [sum(ls, []) for ls in zip(*(w.logprobs for w in waves))], sum(w.seconds for w in waves),
+                   sum(w.computed for w in waves), sum(w.useful for w in waves))
+
     @property
     def tokens(self) -> int:
         return sum(len(r) for rs in self.responses for r in rs)

@@ -27,6 +27,7 @@ from megatron_bond.bond import bon_kl_upper_bound
 from megatron_bond.bond.estimates import (
     BON_NS, bon_kl, bon_quantile, curve_ns, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
 )
+from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
 from megatron_bond.runtime.batch import dp_share
 from megatron_bond.rollout.rollouts import Version
 from megatron_bond.train.samples import TRAINING_SAMPLING, response_logprobs
@@ -57,7 +58,8 @@ def _evaluate(t: Trainer, step: int) -> tuple[dict, list[dict]]:
 
     def sample(role, chunks, n, version):
         t.engine.refit(chunks, version)
-        out = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (seed, "eval", role), first).require(version)
+        out = sample_in_waves(t.engine, role, prompts, n, TRAINING_SAMPLING, (seed, "eval", role), first,
+                              samples_per_wave(cfg)).require(version)
         t.engine.release()  # scoring and the reward model come next
         return out.responses
 

@@ -5,7 +5,7 @@ On resume, a change of what the numbers depend on is refused in one line naming 
 source, the policy checkpoint (path or fingerprint), ``bond.*``, ``data.*``, ``rollout.*``, the model,
 ``optimizer.*``, ``run.seed``, ``train.global_batch_size``, ``policy.dtype``, and ``train.steps`` under a
 decaying LR schedule. The layout, ``train.steps`` (constant LR), evaluation, checkpoint and logging
-settings may change. ``run.allow_changed=[key or section, ...]`` accepts listed changes (except those in
+settings, packing and its token budgets may change. ``run.allow_changed=[key or section, ...]`` accepts listed changes (except those in
 NEVER): they take effect (a new optimizer.lr applies) and rank 0 says so.
 """
 
@@ -19,8 +19,11 @@ from megatron_bond.config import Config, ConfigError
 
 MAY_CHANGE = ("parallel.", "checkpoint.", "logging.", "run.name", "run.output_dir", "run.allow_changed",
               "train.steps", "train.eval_every", "train.eval_ref_samples", "train.max_skipped_steps",
-              "model.transformer_impl", "optimizer.distributed", "rollout.engine",
+              "model.transformer_impl", "model.attention_impl", "optimizer.distributed", "rollout.engine",
               "rollout.vllm_memory_fraction",
+              # packing and its token budgets lay the same rows out otherwise: the numbers within float tolerance
+              "train.packing", "train.max_tokens_per_microbatch", "rollout.score_max_tokens_per_microbatch",
+              "reward.max_tokens_per_microbatch",
               # how the reward service is reached, not what it computes (its url is the reward's identity)
               "reward.max_concurrency", "reward.timeout_s", "reward.max_retries", "reward.max_wait_s", "reward.token_env")  # (the optimizer state's sharding: state.py)
 # Changes no acceptance can make work: the saved prompt order and data position belong to this prompt set

@@ -56,8 +56,10 @@ class FunctionReward:
 
 
 class ModelReward:
-    def __init__(self, chunks, cfg: Config, batch_size: int):
-        self.chunks, self.cfg, self.batch_size = chunks, cfg, batch_size
+    """``budget``: tokens per packed microbatch (None: right-padded batches of ``batch_size`` rows)."""
+
+    def __init__(self, chunks, cfg: Config, batch_size: int, budget: int | None = None):
+        self.chunks, self.cfg, self.batch_size, self.budget = chunks, cfg, batch_size, budget
         for chunk in chunks:
             chunk.eval()
 
@@ -65,10 +67,11 @@ class ModelReward:
         rows = [p + r for p, r in zip(prompts, responses)]
         out = []
         with torch.no_grad():
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start : start + self.batch_size]
-                values = forward_rows(self.chunks, self.cfg, batch)
-                out += [values[i, len(r) - 1].double() for i, r in enumerate(batch)]
+            # Packed, one call takes every row and its packs are the microbatches.
+            size = self.batch_size if self.budget is None else max(len(rows), 1)
+            for start in range(0, len(rows), size):
+                batch = rows[start : start + size]
+                out += [v[-1].double() for v in forward_rows(self.chunks, self.cfg, batch, self.budget)]
         rewards = torch.stack(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
         if not torch.isfinite(rewards).all():
             raise ConfigError("the reward model returned a non-finite reward: check its checkpoint and dtype")
@@ -116,7 +119,8 @@ def _reward_source(cfg: Config, tokenizer=None):
         if rcfg.model.vocab_size != cfg.model.vocab_size:
             raise ConfigError(f"reward.ckpt {r.ckpt} has vocabulary {rcfg.model.vocab_size}, the policy "
                               f"{cfg.model.vocab_size}: the reward model must share the policy's tokenizer")
-        return ModelReward(load_model_checkpoint(r.ckpt, rcfg), rcfg, r.batch_size)
+        budget = (r.max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch) if cfg.train.packing else None
+        return ModelReward(load_model_checkpoint(r.ckpt, rcfg), rcfg, r.batch_size, budget)
     if cfg.policy.ckpt:
         raise ConfigError("reward: a run from a policy checkpoint needs reward.ckpt, reward.function or reward.url")
     return FunctionReward("megatron_bond.train.rewards:tiny_reward")

@@ -26,14 +26,22 @@ def response_token_logprobs(chunks, cfg: Config, prompts: list[list[int]], respo
     response, on the host (the BOND maths and the metrics take a few numbers per prompt there).
     Never the sampler's log-probs: those come from full logits in the model dtype on another path."""
     out = []
-    size = cfg.rollout.score_batch_size
+    budget = score_budget(cfg)
+    # Packed, one call takes every row and its packs are the microbatches.
+    size = cfg.rollout.score_batch_size if budget is None else max(len(prompts), 1)
     with torch.no_grad():
         for start in range(0, len(prompts), size):
             rows = [p + r for p, r in zip(prompts[start : start + size], responses[start : start + size])]
-            logp = forward_rows(chunks, cfg, rows).double().cpu()  # [b, width − 1]: log p(t_i | t_<i), i ≥ 1
-            for i, (p, r) in enumerate(zip(prompts[start : start + size], responses[start : start + size])):
-                out.append(logp[i, len(p) - 1 : len(p) - 1 + len(r)])
+            logp = forward_rows(chunks, cfg, rows, budget)  # per row: log p(t_i | t_<i), i ≥ 1
+            out += [lp[len(p) - 1 :].double().cpu() for lp, p in zip(logp, prompts[start : start + size])]
     return out
+
+
+def score_budget(cfg: Config) -> int | None:
+    """Scoring's tokens per packed microbatch (None: right-padded rows, train.packing off)."""
+    if not cfg.train.packing:
+        return None
+    return cfg.rollout.score_max_tokens_per_microbatch or cfg.train.max_tokens_per_microbatch
 
 
 def response_logprobs(chunks, cfg: Config, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:

@@ -12,9 +12,11 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
+from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
 from megatron_bond.rollout.rollouts import Rollouts, Version, mismatch
-from megatron_bond.runtime.batch import dp_share, gather_dp, right_pad
+from megatron_bond.runtime.batch import dp_share, gather_dp
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage
+from megatron_bond.runtime.tokens import Pack, pack_rows, padded_microbatches
 from megatron_bond.train.samples import (
     TRAINING_SAMPLING, response_logprobs, response_token_logprobs, sequence_logprobs, truncated,
 )
@@ -44,7 +46,8 @@ def train_step(t: Trainer, step: int) -> dict:
                 rollout[role] = Rollouts.empty(version, len(prompts))
                 continue
             refit_s += t.engine.refit(chunks, version)
-            rollout[role] = t.engine.sample(role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role), first).require(version)
+            rollout[role] = sample_in_waves(t.engine, role, prompts, n, TRAINING_SAMPLING, (cfg.run.seed, step, role),
+                                            first, samples_per_wave(cfg)).require(version)
         t.engine.release()  # the trainer's phases get the engine's memory (vLLM on GPU: asleep)
         y, y_anchor = rollout["policy"].responses, rollout["anchor"].responses
 
@@ -126,46 +129,52 @@ def train_step(t: Trainer, step: int) -> dict:
 def _optimizer_step(t: Trainer, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor):
     """Forward and backward of Σ_t w_t·log π(y_t) over this rank's sequences, then the update (skipped,
     with the scheduler, when the gradient is non-finite anywhere). Returns (loss of the global batch,
-    the update, (tokens trained, token positions computed: the padding included))."""
+    the update, (label positions trained, input positions computed: the padding included))."""
     cfg = t.cfg
     device = next(t.policy[0].parameters()).device
-    rows = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(r) for r in rows)
-    if cfg.parallel.sequence_parallel:  # the sequence (width − 1 positions) splits evenly over TP ranks
-        width += -(width - 1) % cfg.parallel.tp
-    tokens = right_pad(rows, width, cfg.model.pad_token_id, device)
-    weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], width - 1)
-    loss = _forward_backward(t, tokens, weights.to(device))
+    micro = training_microbatches(cfg, prompts, responses, coef)
+    t.optimizer.zero_grad()
+    loss = forward_backward(t.policy, [m.to(device) for m in micro])
     update = apply_update(t.optimizer, t.scheduler, cfg.optimizer.clip_grad)
-    trained = torch.tensor([float(sum(len(r) for r in rows)), float(tokens.numel())], dtype=torch.float64, device=device)
+    trained = torch.tensor([float(sum(len(p) + len(r) - 1 for p, r in zip(prompts, responses))),
+                            float(sum(m.size for m in micro))], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(trained, group=ps.get_data_parallel_group())
     return loss, update, tuple(trained.tolist())
 
 
-def _forward_backward(t: Trainer, tokens: torch.Tensor, weights: torch.Tensor) -> float:
-    """Gradients of Σ w·log π(tokens) accumulated over microbatches (1F1B under PP) and summed over
-    data-parallel ranks; returns the global batch's loss."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+def training_microbatches(cfg, prompts: list[list[int]], responses: list[list[int]], coef: torch.Tensor) -> list[Pack]:
+    """This rank's (prompt + response) rows with each response's coefficient on its labels: packed under
+    train.max_tokens_per_microbatch (train.packing), else right-padded in parallel.micro_batch_size rows."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    weights = token_weights(coef, [len(p) for p in prompts], [len(r) for r in responses], max(map(len, rows)) - 1)
+    split = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # sequence parallelism splits the positions
+    if cfg.train.packing:
+        return pack_rows(rows, cfg.train.max_tokens_per_microbatch, pad_id=cfg.model.pad_token_id, weights=weights,
+                         multiple_of=split, same_size=cfg.parallel.pp > 1)
+    return padded_microbatches(rows, cfg.parallel.micro_batch_size, pad_id=cfg.model.pad_token_id, weights=weights,
+                               multiple_of=split)
 
-    mbs = t.cfg.parallel.micro_batch_size
-    n, width = tokens.shape
-    micro = [{"tokens": tokens[i : i + mbs], "weights": weights[i : i + mbs]} for i in range(0, n, mbs)]
-    positions = torch.arange(width - 1, device=tokens.device).expand(mbs, width - 1)
+
+def forward_backward(policy: list, micro: list[Pack]) -> float:
+    """Gradients of Σ w·log π(labels) in the policy's (DDP-wrapped) chunks, accumulated over the
+    microbatches (1F1B under PP, which sends one shape per pass: the packs of a pass have one size, the
+    padded microbatches one width) and summed over data-parallel ranks; returns the global batch's loss."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def forward_step(data_iterator, model):
         b = next(data_iterator)
-        out = model(b["tokens"][:, :-1], positions, None, head=WeightedLossHead(b["tokens"][:, 1:], b["weights"]))
-        counted = (b["weights"] != 0).sum().to(torch.int)
+        packed = None if b.cu_seqlens is None else b.packed_seq_params()
+        out = model(b.tokens, b.positions, None, head=WeightedLossHead(b.labels, b.weights), packed_seq_params=packed)
+        counted = (b.weights != 0).sum().to(torch.int)
         # Three outputs: Megatron's per-token-loss convention (the sum is taken as it is, see weights.py).
         return out, lambda value: (value, counted, {"loss": value.detach()})
 
-    for chunk in t.policy:
+    for chunk in policy:
         chunk.train()
         chunk.zero_grad_buffer()
-    t.optimizer.zero_grad()
     out = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iter(micro), model=t.policy, num_microbatches=len(micro),
-        seq_length=width - 1, micro_batch_size=mbs, forward_only=False,
+        forward_step_func=forward_step, data_iterator=iter(micro), model=policy, num_microbatches=len(micro),
+        seq_length=micro[0].tokens.shape[1], micro_batch_size=micro[0].tokens.shape[0], forward_only=False,
     )
     loss = torch.stack([o["loss"] for o in out]).sum().reshape(1).float() if ps.is_pipeline_last_stage() else None
     loss = broadcast_from_last_stage(loss, (1,))

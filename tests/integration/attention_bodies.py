@@ -38,7 +38,7 @@ def compare(cases: list[tuple]) -> dict:
         destroy_distributed()
 
 
-def _compare(groups: int, softcap: float | None, window: int | None, dtype: str) -> dict:
+def _core_attention(groups: int, softcap: float | None, window: int | None, impl: str = "auto"):
     from megatron.core.transformer.enums import AttnMaskType
 
     from megatron_bond.models.gemma_layers import GemmaCoreAttention
@@ -50,10 +50,14 @@ def _compare(groups: int, softcap: float | None, window: int | None, dtype: str)
                           num_attention_heads=HEADS, num_query_groups=groups, kv_channels=DIM, vocab_size=64,
                           max_seq_length=SEQ, attn_logit_softcap=softcap, sliding_window=window,
                           layer_types=["sliding_attention" if window else "full_attention"],
-                          query_pre_attn_scalar=16.0),
+                          query_pre_attn_scalar=16.0, attention_impl=impl),
     ).validate()
-    attention = GemmaCoreAttention(transformer_config(cfg), 1, attn_mask_type=AttnMaskType.causal,
-                                   attention_type="self", softmax_scale=16.0**-0.5)
+    return GemmaCoreAttention(transformer_config(cfg), 1, attn_mask_type=AttnMaskType.causal,
+                              attention_type="self", softmax_scale=16.0**-0.5)
+
+
+def _compare(groups: int, softcap: float | None, window: int | None, dtype: str, impl: str) -> dict:
+    attention = _core_attention(groups, softcap, window, impl)
     gen = torch.Generator().manual_seed(groups)
     q = (torch.randn(SEQ, BATCH, HEADS, DIM, generator=gen) * 3).to(getattr(torch, dtype))
     k, v = ((torch.randn(SEQ, BATCH, groups, DIM, generator=gen) * 3).to(q.dtype) for _ in range(2))
@@ -75,3 +79,38 @@ def fp32_bound(q, k, v, scale: float) -> float:
     qmax, kmax, vmax = (t.float().abs().max().item() for t in (q, k, v))
     score_error = DIM * DIM * u * qmax * kmax * scale + 4 * u * 5.0
     return 2 * vmax * score_error + (SEQ + 4) * u * vmax
+
+
+def packed(cases: list[tuple]) -> dict:
+    """For each (softcap, window, impl): max |packed - alone| over the outputs and the q, k, v gradients of
+    the layer given megatron-core's THD layout (query [t, heads, dim], key and value [t, groups, dim],
+    PackedSeqParams with cu_seqlens) against the same layer called on each document alone ([s, 1, ...])."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    init_distributed(ParallelConfig(), seed=0)
+    out = {}
+    try:
+        for softcap, window, impl in cases:
+            attention = _core_attention(2, softcap, window, impl)
+            cu = torch.tensor([0, 4, 5, SEQ], dtype=torch.int32)
+            params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=6,
+                                     max_seqlen_kv=6)
+            gen = torch.Generator().manual_seed(7)
+            q = (torch.randn(SEQ, HEADS, DIM, generator=gen) * 3).requires_grad_()
+            k, v = ((torch.randn(SEQ, 2, DIM, generator=gen) * 3).requires_grad_() for _ in range(2))
+            whole = attention(q, k, v, None, packed_seq_params=params)
+            alone = torch.cat([attention(q[a:e].unsqueeze(1), k[a:e].unsqueeze(1), v[a:e].unsqueeze(1), None)
+                               for a, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+            w = torch.randn(alone.shape, generator=gen)
+            grads = [torch.autograd.grad((o * w).sum(), (q, k, v)) for o in (whole, alone)]
+            bound = fp32_bound(q, k, v, 16.0**-0.5)
+            out[(softcap, window, impl)] = {
+                "shape": list(whole.shape), "bound": bound,
+                # a gradient entry sums at most SEQ queries' terms, each weighted by w like an output
+                "grad_bound": SEQ * w.abs().max().item() * bound,
+                "out": (whole - alone).abs().max().item(),
+                "grads": max((a - b).abs().max().item() for a, b in zip(*grads)),
+            }
+        return out
+    finally:
+        destroy_distributed()

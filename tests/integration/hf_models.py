@@ -39,6 +39,13 @@ VARIANTS = {
         "num_key_value_heads": 2, "sliding_window": 6, "sliding_window_pattern": 2, "query_pre_attn_scalar": 24,
         "rope_local_base_freq": 100.0, "num_labels": 1}),
 }
+# Long sequences (tests/integration/test_long_attention.py): 4096 tokens, windows far shorter.
+VARIANTS["gemma2_long"] = ("Gemma2ForCausalLM", "Gemma2Config", {
+    "num_hidden_layers": 2, "num_key_value_heads": 2, "sliding_window": 1000, "final_logit_softcapping": 3.0,
+    "attn_logit_softcapping": 1.0, "query_pre_attn_scalar": 24, "max_position_embeddings": 4096})
+VARIANTS["gemma3_long"] = ("Gemma3ForCausalLM", "Gemma3TextConfig", {
+    "num_hidden_layers": 2, "num_key_value_heads": 2, "sliding_window": 1000, "sliding_window_pattern": 2,
+    "query_pre_attn_scalar": 24, "rope_local_base_freq": 100.0, "max_position_embeddings": 4096})
 # vLLM's CPU attention needs head_dim >= 32 (the vLLM engine's tests): the Gemma 1/2/3 variants at 32.
 for _name in ("gemma_mqa", "gemma2_gqa", "gemma3_gqa"):
     _cls, _config, _overrides = VARIANTS[_name]

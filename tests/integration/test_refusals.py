@@ -142,6 +142,14 @@ def catalogue(tmp_path_factory, converted):
          lambda d: cli(*_train_args(d / "o", "optimizer.adam_beta1=1.5")))
     case("train_new_tokens_past_context", "rollout.max_new_tokens: 200 leaves no room for a prompt",
          lambda d: cli(*_train_args(d / "o", "rollout.max_new_tokens=200")))
+    case("train_rows_past_context", "data.max_prompt_tokens: 100 + rollout.max_new_tokens 40 = 140 tokens exceed",
+         lambda d: cli(*_train_args(d / "o", "data.max_prompt_tokens=100", "rollout.max_new_tokens=40")))
+    case("train_token_budget_below_a_row", "train.max_tokens_per_microbatch: 60 tokens hold no row",
+         lambda d: cli(*_train_args(d / "o", "model.family=gemma", "train.packing=true", "train.max_tokens_per_microbatch=60")))
+    case("train_packing_local_gpt_attention", "train.packing: the gpt family's local attention",
+         lambda d: cli(*_train_args(d / "o", "train.packing=true")))
+    case("train_kv_budget_below_a_wave", "rollout.max_kv_tokens: 100 tokens hold less than one sample",
+         lambda d: cli(*_train_args(d / "o", "rollout.max_kv_tokens=100")))
     case("train_wandb_mode_boolean", "logging.wandb_mode: YAML reads on/off/yes/no/true/false as a boolean",
          lambda d: cli(*_train_args(d / "o", "logging.wandb_mode=on")))
     case("train_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
