@@ -9,7 +9,7 @@ import sys
 
 from megatron_bond.config import ConfigError, ModelConfig, load_config
 from megatron_bond.errors import RunError
-from megatron_bond.runtime.distributed import DistributedSetupError
+from megatron_bond.runtime.distributed import DistributedSetupError, nccl_environment
 
 
 def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -77,7 +77,9 @@ def _simulate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from megatron_bond.train.loop import train
 
-    train(load_config(*_recipe_and_overrides(args)))
+    cfg = load_config(*_recipe_and_overrides(args))
+    nccl_environment(cfg.rollout.engine)
+    train(cfg)
     return 0
 
 
@@ -103,7 +105,8 @@ def _score(args: argparse.Namespace) -> int:
     from megatron_bond.commands.score import score
 
     _check_io(args)
-    n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size)
+    nccl_environment("native")
+    n = score(args.ckpt, parallel_from(args), args.input, args.output, args.batch_size, args.max_tokens_per_microbatch)
     if _rank() == 0:
         print(f"scored {n} sequences -> {args.output}")
     return 0
@@ -117,6 +120,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.greedy and (args.temperature, args.top_k, args.top_p) != (None, None, None):
         raise ConfigError("--greedy takes the argmax: it cannot be combined with --temperature, --top-k or --top-p")
+    nccl_environment(args.engine)
     n = generate_file(args)
     if _rank() == 0:
         print(f"generated for {n} prompts -> {args.output}")
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help='JSONL lines {"tokens": [int, ...]}')
     p.add_argument("--output", required=True, help='JSONL lines {"logprobs": [...]} or {"reward": x}, in input order')
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass and data-parallel rank")
+    p.add_argument("--max-tokens-per-microbatch", type=int, default=None,
+                   help="pack each forward pass's sequences into microbatches of at most this many tokens "
+                        "(a Gemma checkpoint; default: right-padded)")
     p.set_defaults(func=_score)
 
     p = _sub(sub, "generate", "sample continuations of prompts (KV cache, any TP/PP)")

@@ -10,6 +10,10 @@ models on CPU in tests/integration/test_memory_plan.py; docs/memory.md shows the
   over DP;
 - anchor: weights (model dtype) and the fp32 EMA shadow (sharded like the masters); π_ref lives on the
   host; the reward model: weights (model dtype) at the policy's TP/PP;
+- under LoRA (model.lora): the base once (policy, anchor and π_ref share it), two sets of adapters, and
+  gradients, optimizer state, EMA shadow and checkpoint tensors of the adapters only; activations as
+  full fine-tuning (each adapted linear's input is kept for A's gradient as it was for W's; the r-wide
+  adapter intermediates are left out);
 - rollout KV cache: keys and values of every layer of the stage for the largest generate batch;
 - training activations per microbatch: every tensor the local layers save for backward (counted op by
   op below), times the microbatches in flight on the first stage under 1F1B (PP of them);
@@ -22,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
+from megatron_bond.config.model import LORA_TARGETS
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
 from megatron_bond.rollout.engine import samples_per_wave
 from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
@@ -29,6 +34,12 @@ from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
 
 GiB = 2**30
+# What vLLM keeps on the GPU through sleep(level=2), which frees only its weights and KV cache: the CUDA
+# graphs' memory pool, its NCCL communicators and custom all-reduce buffers, the sampler's preallocated
+# tensors. An estimate, not a measurement (about 1 GiB of graphs at the default capture sizes and
+# hundreds of MB of communicators at 7-9B, doubled for margin): tests/gpu/validate.sh measures it as
+# mem/device_used_gib/train less mem/peak_gib/train with the engine asleep.
+VLLM_ASLEEP_BYTES = 2 * GiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_OVERHEAD = 2.0 * GiB  # CUDA context, NCCL buffers, cuBLAS workspaces: measured 1.5 to 2.5 GiB on H100s
 FRAGMENTATION = 0.10  # the caching allocator's slack: plan for 10 % on top of the tensors
@@ -58,6 +69,25 @@ def layer_params(m: ModelConfig, tp: int) -> int:
     mlp = 3 * h * m.ffn_hidden_size // tp  # gate and up (fc1), down (fc2)
     norms = 2 * h + (2 * h if m.post_norms else 0) + (2 * d if m.qk_norm else 0)
     return qkv + proj + mlp + norms
+
+
+def adapter_params(m: ModelConfig, tp: int, layers: int) -> int:
+    """LoRA adapter parameters of ``layers`` transformer layers on one TP rank (models/lora.py's split: a
+    column-parallel target's A [r, in] replicated and B [out, r] split over TP, a row-parallel one's A
+    split and B replicated)."""
+    if not m.lora.enabled:
+        return 0
+    d = m.kv_channels or m.hidden_size // m.num_attention_heads
+    groups = m.num_query_groups or m.num_attention_heads
+    h, r = m.hidden_size, m.lora.rank
+    shapes = {"linear_qkv": (h, (m.num_attention_heads + 2 * groups) * d), "linear_proj": (m.num_attention_heads * d, h),
+              "linear_fc1": (h, 2 * m.ffn_hidden_size), "linear_fc2": (m.ffn_hidden_size, h)}
+    per_layer = 0
+    for target in m.lora.targets:
+        fan_in, fan_out = shapes[target]
+        column = LORA_TARGETS[target] == "column"
+        per_layer += r * fan_in // (1 if column else tp) + fan_out * r // (tp if column else 1)
+    return layers * per_layer
 
 
 def stage_params(m: ModelConfig, tp: int, pp: int, stage: int, layers: int | None = None) -> int:
@@ -233,18 +263,26 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
                 else layers * train_shape[0] * train_shape[1] * m.hidden_size * w
                 + activation_bytes(m, tp, 1, *train_shape, last_stage=last))
         rm = stage_params(reward, tp, pp, s, reward_layers[s]) if reward else 0
+        # Under LoRA only the adapters (a) train: gradients, optimizer state, the anchor and checkpoints are
+        # theirs, and the base (n) is held once for the policy, the anchor and π_ref (adapters off).
+        a = adapter_params(m, tp, layers)
+        lora = m.lora.enabled
+        trained = a if lora else n
         # Every model-space tensor a checkpoint holds, in bytes per parameter: policy weights, the anchor's
         # fp32 shadow and (not under the distributed optimizer, whose state is flat) Adam and the masters.
         saved_per_param = w + 4 + (0 if dist_opt else 8 + (4 if w != 4 else 0))
-        fc1 = saved_per_param * fc1_params(m, tp, layers)
+        fc1 = saved_per_param * (2 * m.ffn_hidden_size * m.lora.rank // tp * layers * ("linear_fc1" in m.lora.targets)
+                                 if lora else fc1_params(m, tp, layers))  # B of fc1 is saved in halves too
         scoring_layer = no_grad_layer_bytes(m, tp, *score_shape)
         resident = {
-            "policy weights": w * n,
-            "policy gradients (fp32 buffer)": 4 * n,
-            "optimizer: Adam moments" + sharded: 8 * n / shard,
-            "optimizer: fp32 masters" + sharded: (4 * n if w != 4 else 0) / shard,
-            "anchor weights": w * n,
-            "anchor fp32 EMA shadow" + sharded: 4 * n / shard,
+            "policy weights" + (" (the base: shared by the anchor and π_ref)" if lora else ""): w * n,
+            "LoRA adapters: policy": w * a,
+            "policy gradients (fp32 buffer)": 4 * trained,
+            "optimizer: Adam moments" + sharded: 8 * trained / shard,
+            "optimizer: fp32 masters" + sharded: (4 * trained if w != 4 else 0) / shard,
+            "anchor weights": 0 if lora else w * n,
+            "LoRA adapters: anchor": w * a,
+            "anchor fp32 EMA shadow" + sharded: 4 * trained / shard,
             "reward model weights": w * rm,
         }
         phases = {
@@ -259,7 +297,7 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
             "train": {"training activations" + (" (recompute)" if recompute else "") + f" × {inflight} in flight":
                       inflight * acts,
                       "fused head (chunk + fp32 gradients)": head_bytes(m, tp, train_shape[0] * train_shape[1]) if last else 0,
-                      "anchor refresh: flat copy of the anchor": w * n if dist_opt else 0},
+                      "anchor refresh: flat copy of the anchor": w * trained if dist_opt else 0},
             # Generation's buffers are freed before its samples are scored: the larger of the two counts.
             "eval": {f"KV cache, {eval_batch} sequences (π_ref's k samples)": kv_cache_bytes(m, tp, layers, eval_batch, seq),
                      "next-token logits (vocab shard) and sampling": next_token_logits(eval_batch) if last else 0,
@@ -270,23 +308,24 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
             # On load every fc1 is merged from its two halves into a new tensor, all before any is copied in;
             # on save the halves are views, which dist_checkpointing clones where they live on the host
             # (on CPU; a GPU's are copied to the host whole, counted there).
-            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * n if dist_opt else 0,
+            "checkpoint_save": {"anchor: whole fp32 shadow, assembled (2 copies)": 8 * trained if dist_opt else 0,
                                 "fc1 halves, cloned (CPU only)": 0 if on_gpu else fc1},
-            "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * n if dist_opt else 0,
-                                "distributed optimizer: state template": 12 * n / shard if dist_opt else 0,
+            "checkpoint_load": {"anchor: whole fp32 shadow template (2 copies)": 8 * trained if dist_opt else 0,
+                                "distributed optimizer: state template": 12 * trained / shard if dist_opt else 0,
                                 "fc1 merged from its saved halves": fc1},
         }
         if cfg.rollout.engine == "vllm":
-            # A refit gathers one tensor whole at a time (convert/live.py): the largest is the embedding.
-            gathered = w * vocab * m.hidden_size if tp > 1 else 0
+            # A refit gathers one tensor whole at a time (convert/live.py): the shards received and their
+            # concatenation, twice the largest tensor, the embedding.
+            gathered = 2 * w * vocab * m.hidden_size if tp > 1 else 0
             _vllm_engine(phases, resident, cfg, w * n, gathered, alloc.gpu_memory_gb * GiB, on_gpu)
         where = f", stage {s} of {pp}" if pp > 1 else ""
         eval_gen = sum(phases["eval"].values())
         if scoring_layer > eval_gen:
             phases["eval"] = {"scoring the policy's samples (one layer, no grad)": scoring_layer}
-        host = {"π_ref weights (host copy)": w * n,
+        host = {"π_ref weights (host copy)": 0 if lora else w * n,
                 "checkpoint save: this rank's saved tensors, copied to the host":
-                    ((w + 4) * n + (8 + (4 if w != 4 else 0)) * n / shard) if on_gpu else 0}
+                    ((w + 4) * trained + (8 + (4 if w != 4 else 0)) * trained / shard) if on_gpu else 0}
         return Plan(resident, phases, host, alloc.gpu_memory_gb * GiB,
                     f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}", on_gpu)
 
@@ -303,12 +342,13 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
     share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
     from megatron_bond.rollout.vllm_engine import cpu_kvcache_gib
 
-    refit = {"refit: one tensor gathered whole over TP (the embedding)": gathered}
+    refit = {"refit: the largest tensor gathered over TP and concatenated (2 copies of the embedding)": gathered}
     phases["rollout"], phases["eval"] = dict(refit), dict(refit)
     if on_gpu:
         for phase in ("rollout", "eval"):
             phases[phase][f"vLLM engine: rollout.vllm_memory_fraction={cfg.rollout.vllm_memory_fraction} of the GPU"] = (
                 cfg.rollout.vllm_memory_fraction * capacity)
+        resident["vLLM engine asleep: CUDA-graph pool, communicators, buffers (estimate)"] = VLLM_ASLEEP_BYTES
     else:
         resident["vLLM engine: weights and KV cache (CPU: never asleep)"] = (
             weights + cpu_kvcache_gib() * GiB)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config import Config, ConfigError, ModelConfig
-from megatron_bond.config.validate import check_rollout_fits
+from megatron_bond.config.validate import check_lora_fits, check_rollout_fits
 from megatron_bond.rollout.vllm_engine import check_layout
 
-RUN_CHOICES = ("transformer_impl", "attention_impl", "max_seq_length")  # how to run the checkpoint, not what it is
+RUN_CHOICES = ("transformer_impl", "attention_impl", "max_seq_length", "lora")  # how to run the checkpoint, not what it is
 FROM_ELSEWHERE = ("params_dtype",)  # the training dtype is policy.dtype's, not the checkpoint's storage dtype
 
 
@@ -72,6 +72,9 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True, 
                           "(a checkpoint converted by tools/convert_hf_to_megatron.py has one)")
     if cfg.reward.ckpt and "reward.ckpt" not in absent:  # checked here too, before any process group
         _checkpoint_config(cfg.reward.ckpt, check)
+    if policy_here and _checkpoint_config(cfg.policy.ckpt, False).model.lora.enabled:
+        raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} holds adapters: a run trains on a base model (export "
+                          "it merged with tools/convert_megatron_to_hf.py and convert that back)")
     if model.reward_head:
         raise ConfigError(f"policy.ckpt {cfg.policy.ckpt} is a reward model, not a causal LM")
     bond = cfg.bond
@@ -83,6 +86,7 @@ def resolve_config(cfg: Config, on_gpu: bool | None = None, check: bool = True, 
     resolved = dataclasses.replace(cfg, model=model, bond=bond).validate(architecture=not unknown)
     if not unknown:
         check_rollout_fits(resolved)
+        check_lora_fits(resolved)
     return resolved
 
 

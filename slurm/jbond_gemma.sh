@@ -13,6 +13,11 @@
 #                     unset: the tasks run on the host [unset]
 #   CONTAINER_MOUNTS  pyxis mounts; the repository and RUN_DIR must be visible at the same paths [$PWD:$PWD]
 #   PYTHON            the interpreter with megatron-bond's dependencies [.venv/bin/python if present, else python3]
+#   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME   the network interface(s) between nodes (e.g. ib0, or eth0 where the
+#                     default route is not the cluster's fabric): either one set is passed to both, since vLLM's
+#                     data-parallel replicas (rollout.engine=vllm) talk over gloo across nodes [unset: auto]
+#   NCCL_NVLS_ENABLE  [0: NVLink SHARP's 1.6-6 GB buffers per GPU are not in the memory plan]; with
+#   rollout.engine=vllm NCCL_CUMEM_ENABLE [0: vLLM's sleep-mode memory pool does not work with NCCL's cuMem]
 #
 # Preemption and time limits: Slurm sends SIGUSR1 to every task 300 s before the end (--signal) or on
 # `scancel --signal=USR1 JOBID`; the ranks agree on it, write a checkpoint, write RUN_DIR/PREEMPTED and
@@ -22,6 +27,7 @@
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
+#SBATCH --mem=0
 #SBATCH --time=04:00:00
 #SBATCH --signal=USR1@300
 #SBATCH --requeue
@@ -81,9 +87,18 @@ if [ "$GPUS_PER_NODE" -gt 0 ]; then
     export TORCH_NCCL_AVOID_RECORD_STREAMS=1  # free NCCL's buffers without recordStream: less memory held
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed or timed-out collective ends the process, not a hang
     export NCCL_DEBUG=${NCCL_DEBUG:-WARN}  # NCCL's own warnings (a failed transport, a timeout) reach the logs; INFO to debug a hang
+    # Read when NCCL starts, so set before any process group (the CLI sets the same where unset).
+    export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+    ENGINE=$(srun --ntasks=1 --nodes=1 "${LAUNCH[@]}" "$PYTHON" -m megatron_bond.cli config "${ARGS[@]}" --get rollout.engine)
+    if [ "$ENGINE" = vllm ]; then export NCCL_CUMEM_ENABLE=${NCCL_CUMEM_ENABLE:-0}; fi
     export TRITON_CACHE_DIR="/tmp/triton-${SLURM_JOB_ID}"  # per job: a shared cache races between jobs
 fi
 
+# One interface for both backends where the user named one (srun passes the environment on).
+if [ -n "${NCCL_SOCKET_IFNAME:-}${GLOO_SOCKET_IFNAME:-}" ]; then
+    export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$GLOO_SOCKET_IFNAME} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$NCCL_SOCKET_IFNAME}
+    echo "== network interface: NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME}"
+fi
 echo "== megatron-bond J-BOND job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NUM_NODES} node(s): ${SLURM_JOB_NODELIST}"
 echo "== ${SLURM_NTASKS} tasks, ${GPUS_PER_NODE} GPU(s) per node; rendezvous ${MASTER_ADDR} port ${MASTER_PORT}; run dir ${RUN_DIR}"
 echo "== recipe ${RECIPE}; overrides: ${OVERRIDES:-none}"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+# The linears of a transformer layer that can carry adapters, and how megatron-core splits each over
+# tensor-parallel ranks (models/lora.py shards the adapters to match).
+LORA_TARGETS = {"linear_qkv": "column", "linear_proj": "row", "linear_fc1": "column", "linear_fc2": "row"}
 
 
 @dataclass
@@ -44,6 +48,26 @@ class ParallelConfig:
         if num_layers == policy_layers:
             return self
         return dataclasses.replace(self, first_stage_layers=None, last_stage_layers=None)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters W + (alpha/rank)·B·A on the layers' linears (models/lora.py); rank 0: none (full
+    fine-tuning). With adapters only A and B train; the base weights, embeddings, norms and output layer
+    stay as policy.ckpt has them, π_ref is the base with adapters off and the anchor a second set."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapters' input, in training passes only
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
 
 
 @dataclass
@@ -87,6 +111,7 @@ class ModelConfig:
     # documents; FlexAttention on CUDA; the chunked path on CPU), or one path forced: "chunked" (anywhere),
     # "flex" (CUDA: FlexAttention has no backward on CPU), "eager" (the reference, [s, s] scores per head).
     attention_impl: Literal["auto", "chunked", "flex", "eager"] = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)  # how to train the checkpoint, not what it is
 
     def padded_vocab_size(self) -> int:
         multiple = self.make_vocab_size_divisible_by

@@ -24,6 +24,7 @@ RANGES = {
     "model.final_logit_softcap": "(0, inf)", "model.norm_epsilon": "(0, inf)", "model.rope_theta": "(0, inf)",
     "model.rope_local_theta": "(0, inf)", "model.rope_scaling_factor": "(0, inf)", "model.sliding_window": "[1, inf)",
     "model.attn_logit_softcap": "(0, inf)", "model.query_pre_attn_scalar": "(0, inf)", "model.pad_token_id": "[0, inf)",
+    "model.lora.rank": "[0, inf)", "model.lora.alpha": "(0, inf)", "model.lora.dropout": "[0, 1)",
     "optimizer.lr": "(0, inf)", "optimizer.min_lr": "[0, inf)", "optimizer.warmup_steps": "[0, inf)",
     "optimizer.weight_decay": "[0, inf)", "optimizer.adam_beta1": "[0, 1)", "optimizer.adam_beta2": "[0, 1)",
     "optimizer.adam_eps": "(0, inf)", "optimizer.clip_grad": "[0, inf)",
@@ -57,8 +58,9 @@ def describe(spec: str) -> str:
 def check_ranges(values: dict[str, Any]) -> None:
     """``values``: the config as nested dicts (Config.to_dict())."""
     for key, spec in RANGES.items():
-        section, name = key.split(".")
-        value = values[section][name]
+        value = values
+        for part in key.split("."):  # sections nest (model.lora.rank)
+            value = value[part]
         if value is None:
             continue
         lo, hi, lo_in, hi_in = _parse(spec)

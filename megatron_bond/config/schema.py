@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_bond.config.algorithm import BondConfig, OptimizerConfig
-from megatron_bond.config.model import ModelConfig, ParallelConfig
+from megatron_bond.config.model import LoraConfig, ModelConfig, ParallelConfig
 from megatron_bond.config.parse import build
 from megatron_bond.config.run import (
     CheckpointConfig,
@@ -22,7 +22,7 @@ from megatron_bond.config.run import (
 )
 from megatron_bond.config.validate import check_batch_split, validate
 
-__all__ = ["BondConfig", "CheckpointConfig", "Config", "DataConfig", "LoggingConfig", "ModelConfig", "OptimizerConfig",
+__all__ = ["BondConfig", "CheckpointConfig", "Config", "DataConfig", "LoggingConfig", "LoraConfig", "ModelConfig", "OptimizerConfig",
            "ParallelConfig", "PolicyConfig", "RewardConfig", "RolloutConfig", "RunConfig", "TrainConfig"]
 
 

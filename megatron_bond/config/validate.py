@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config.errors import ConfigError
+from megatron_bond.config.model import LORA_TARGETS
 from megatron_bond.config.ranges import check_ranges
 from megatron_bond.config.run import EVAL_METRICS, REWARD_SOURCES
 
@@ -27,6 +28,7 @@ def validate(cfg, architecture: bool = True) -> None:
     # megatron-core's interleaved schedule cannot run; training would need one data iterator per chunk.
     _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
              "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
+    _check_lora_choices(cfg)
     _require(cfg.rollout.engine != "vllm" or p.pp == 1, "rollout.engine",
              f"vllm runs at pipeline size 1 (got pp={p.pp}): vLLM's stages would not be Megatron's; use tensor "
              "parallelism, or rollout.engine=native")
@@ -136,6 +138,41 @@ def check_rollout_fits(cfg) -> None:
 def longest_row(cfg) -> int:
     """The longest prompt + response a training run meets (longer prompts are dropped, train/data.py)."""
     return cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+
+
+def _check_lora_choices(cfg) -> None:
+    lora = cfg.model.lora
+    unknown = [t for t in lora.targets if t not in LORA_TARGETS]
+    _require(not unknown, "model.lora.targets", f"{unknown[0]!r} is not a linear adapters can go on "
+             f"(one of {', '.join(LORA_TARGETS)})" if unknown else "")
+    _require(len(set(lora.targets)) == len(lora.targets) and lora.targets, "model.lora.targets",
+             "name each target once, and at least one")
+    if not lora.enabled:
+        return
+    # Not yet: the adapters' sequence-parallel reductions, TE's norm-fused linears (whose input is the
+    # un-normed hidden state), and vLLM's in-memory LoRA loading.
+    _require(not cfg.parallel.sequence_parallel, "parallel.sequence_parallel", "is not supported with model.lora")
+    _require(cfg.model.transformer_impl != "transformer_engine", "model.transformer_impl",
+             "model.lora runs the local spec (transformer_engine fuses the norm into the adapted linears)")
+    _require(cfg.rollout.engine == "native", "rollout.engine",
+             f"{cfg.rollout.engine!r} does not take adapters yet: use rollout.engine=native with model.lora")
+
+
+def check_lora_fits(cfg) -> None:
+    """Each target's two dimensions are at least the rank (cfg.model: the architecture that trains, the
+    checkpoint's once resolved); a larger rank adds parameters and no expressiveness."""
+    m, lora = cfg.model, cfg.model.lora
+    if not lora.enabled:
+        return
+    kv = m.kv_channels or m.hidden_size // m.num_attention_heads
+    groups = m.num_query_groups or m.num_attention_heads
+    dims = {"linear_qkv": (m.hidden_size, (m.num_attention_heads + 2 * groups) * kv),
+            "linear_proj": (m.num_attention_heads * kv, m.hidden_size),
+            "linear_fc1": (m.hidden_size, 2 * m.ffn_hidden_size), "linear_fc2": (m.ffn_hidden_size, m.hidden_size)}
+    for target in lora.targets:
+        smallest = min(dims[target])
+        _require(lora.rank <= smallest, "model.lora.rank",
+                 f"{lora.rank} exceeds {target}'s dimension {smallest} (its shape is {dims[target][1]} x {dims[target][0]})")
 
 
 def check_batch_split(cfg, dp: int) -> None:

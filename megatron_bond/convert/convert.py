@@ -8,6 +8,7 @@ The progress bars show on a terminal only (in a log file they would be one \r-jo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.convert.gemma import rules_for
 from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, copy_side_files
+from megatron_bond.convert.lora_export import merge_adapters, write_peft
 from megatron_bond.convert.mapping import VocabMismatch, expected_shapes, to_hf, to_megatron
 from megatron_bond.convert.staging import staged_output
 from megatron_bond.models.checkpoint import (
@@ -169,7 +171,10 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     return cfg
 
 
-def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
+def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = False,
+                   peft_dir: str | Path | None = None) -> Config:
+    """A LoRA checkpoint's adapters are merged into the exported weights; ``peft_dir`` also writes them
+    as a PEFT adapter directory for the base model."""
     cfg = read_checkpoint_config(ckpt_dir, ParallelConfig())
     hf_dir = Path(ckpt_dir) / "hf"
     if not (hf_dir / "config.json").is_file() and cfg.policy.ckpt:  # a training checkpoint: its run's source
@@ -177,11 +182,19 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint (nor in its run's policy.ckpt) to "
                           "export with")
-    with staged_output(out_dir, overwrite, inputs=(ckpt_dir,)) as tmp:
+    if peft_dir is not None and not cfg.model.lora.enabled:
+        raise ConfigError(f"--peft-dir: {ckpt_dir} holds no adapters (its model.lora.rank is 0)")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(staged_output(out_dir, overwrite, inputs=(ckpt_dir,)))
+        peft_tmp = stack.enter_context(staged_output(peft_dir, overwrite, inputs=(ckpt_dir, out_dir))) if peft_dir else None
         init_distributed(cfg.parallel, seed=cfg.run.seed)
         try:
             (model,) = load_model_checkpoint(ckpt_dir, _local(cfg))
             params = model.state_dict()
+            if cfg.model.lora.enabled:
+                if peft_tmp is not None:
+                    write_peft(params, cfg.model, peft_tmp)
+                params = merge_adapters(params, cfg.model)
             writer = SafetensorsWriter(tmp)
             plan = [(mk, hk, r.kind) for r in rules_for(cfg.model) for mk, hk in r.expand(cfg.model.num_layers)]
             for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor", disable=None):

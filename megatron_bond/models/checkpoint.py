@@ -16,14 +16,18 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
+from megatron_bond.models.lora import init_adapters, is_adapter
 
 CONFIG_FILE = "megatron_bond.json"
 
 
-def _sharded(chunks, prefix: str = "") -> dict:
+def _sharded(chunks, prefix: str = "", adapters: bool = True) -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
-    return {f"chunk{i}": canonical(chunk.sharded_state_dict(prefix=prefix)) for i, chunk in enumerate(chunks)}
+    # ``adapters=False``: the base's tensors only (a converted checkpoint under a LoRA model).
+    return {f"chunk{i}": {k: v for k, v in canonical(chunk.sharded_state_dict(prefix=prefix)).items()
+                          if adapters or not is_adapter(k)}
+            for i, chunk in enumerate(chunks)}
 
 
 def _training_step(ckpt_dir: str | Path) -> bool:
@@ -120,9 +124,16 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
+    # Adapters load from a checkpoint that has them (its config says so; resolve.py lets no run train
+    # adapters on one), else start fresh: the model is then its base.
+    saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
     prefix, folder = ("policy.", "dist") if _training_step(ckpt_dir) else ("", "model")
-    state = dist_checkpointing.load(_sharded(chunks, prefix), str(Path(ckpt_dir) / folder))
+    state = dist_checkpointing.load(_sharded(chunks, prefix, adapters=saved), str(Path(ckpt_dir) / folder))
     refuse_non_finite(state, str(ckpt_dir), torch.distributed.group.WORLD)
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict({k[len(prefix):]: v for k, v in state[f"chunk{i}"].items()})
+        # A base checkpoint under a LoRA model: the adapters keep the values they are about to get.
+        own = {} if saved else {k: v for k, v in chunk.state_dict().items() if is_adapter(k)}
+        load_module_state(chunk, {**own, **{k[len(prefix):]: v for k, v in state[f"chunk{i}"].items()}})
+    if cfg.model.lora.enabled and not saved:
+        init_adapters(chunks, cfg.run.seed)
     return chunks

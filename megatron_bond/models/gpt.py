@@ -11,6 +11,7 @@ from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_bond.config import Config
+from megatron_bond.models.lora import freeze_base
 from megatron_bond.models.spec import decoder_spec, transformer_config
 from megatron_bond.ops import HeadSpec
 from megatron_bond.runtime.megatron_compat import PostprocessHookGPTModel
@@ -140,5 +141,15 @@ def build_model(cfg: Config, initialize: bool = True) -> list[BondGPTModel]:
                 vp_stage=stage,
             )
         )
+    if m.lora.enabled:
+        freeze_base(chunks)
+        if cfg.parallel.recompute and chunks[0].pre_process:
+            # Recomputed layers (megatron-core's checkpoint function) give parameter gradients only when
+            # their input requires one: the frozen embedding's output does not by itself.
+            chunks[0].embedding.register_forward_hook(_require_grad)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     return [chunk.to(device) for chunk in chunks]
+
+
+def _require_grad(module, inputs, output):
+    return output.requires_grad_(True) if torch.is_grad_enabled() else output

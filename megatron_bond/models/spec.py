@@ -33,6 +33,7 @@ from megatron_bond.models.gemma_layers import (
     GemmaSelfAttention,
     post_normed,
 )
+from megatron_bond.models.lora import apply_lora
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ACTIVATIONS = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "gelu": F.gelu}
@@ -65,7 +66,8 @@ def use_transformer_engine(cfg: Config) -> bool:
     if impl == "transformer_engine" and not _te_available():
         raise ConfigError("model.transformer_impl: transformer_engine needs CUDA and Transformer Engine "
                           "(pip install -e '.[gpu]', or the NVIDIA PyTorch container); use local or auto")
-    return impl == "transformer_engine" or (impl == "auto" and _te_available())
+    # Adapters wrap the local spec's linears (validate.py refuses an explicit transformer_engine with them).
+    return impl == "transformer_engine" or (impl == "auto" and _te_available() and not cfg.model.lora.enabled)
 
 
 def attention_impl(cfg: Config) -> str:
@@ -141,6 +143,9 @@ def _gemma_layer_spec(cfg: Config, te: bool) -> ModuleSpec:
     if not te:  # TE fuses these norms into its linears (zero-centred gamma from the config)
         layer.input_layernorm = GemmaRMSNorm
         layer.pre_mlp_layernorm = GemmaRMSNorm
+    if m.lora.enabled:  # before post_normed: the post-norm takes the adapted output
+        spec = apply_lora(spec, cfg)
+        layer = spec.submodules
     attention = layer.self_attention
     attention.module = GemmaSelfAttention
     attention.submodules.core_attention = GemmaCoreAttention
@@ -165,6 +170,8 @@ def decoder_spec(cfg: Config, num_layers_here: int):
             raise ConfigError("parallel.sequence_parallel: the gpt family's local spec uses megatron-core's torch "
                               "norms, which do not support it; use model.transformer_impl=transformer_engine")
         layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+        if cfg.model.lora.enabled:
+            layer = apply_lora(layer, cfg)
         # The final norm as the layers' (given a bare layer spec, megatron-core picks TE's wherever TE is
         # installed, and "local" would not be local).
         return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here,

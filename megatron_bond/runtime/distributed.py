@@ -126,6 +126,32 @@ def read_rendezvous(env: dict[str, str] | None = None) -> Rendezvous:
     return Rendezvous(0, 1, 0, "127.0.0.1", _free_port(), "single")
 
 
+def device_index(local_rank: int) -> int:
+    """The CUDA device of the process with this local rank, under every Slurm binding: all of the node's
+    GPUs visible (index = local rank) or one per task (CUDA_VISIBLE_DEVICES names one: index 0). The
+    trainer and the vLLM worker (rollout/vllm_engine.py) both take it from here."""
+    return local_rank % torch.cuda.device_count()
+
+
+# NCCL settings read when a communicator is created, so set before the first process group:
+# - NCCL_NVLS_ENABLE=0: NVLink SHARP buffers take 1.6-6 GB per GPU, which the memory planner does not count.
+# - NCCL_CUMEM_ENABLE=0 with vLLM: vLLM's sleep mode allocates through its own CUDA memory pool, and NCCL's
+#   cuMem allocations break it; vLLM sets this when it is imported, after the trainer's NCCL has started.
+# A value the user exported wins (the recipe's launch environment asks otherwise).
+NCCL_DEFAULTS = {"NCCL_NVLS_ENABLE": "0"}
+NCCL_VLLM_DEFAULTS = {"NCCL_CUMEM_ENABLE": "0"}
+
+
+def nccl_environment(engine: str, env=None) -> dict[str, str]:
+    """Set, where unset, the NCCL variables a run with this rollout engine needs (before any process group
+    exists); returns the ones set."""
+    env = os.environ if env is None else env
+    wanted = {**NCCL_DEFAULTS, **(NCCL_VLLM_DEFAULTS if engine == "vllm" else {})}
+    added = {k: v for k, v in wanted.items() if k not in env}
+    env.update(added)
+    return added
+
+
 def check_layout(parallel: ParallelConfig, world_size: int) -> int:
     """Data-parallel size for this layout, or a one-line error saying what to change."""
     mp = parallel.model_parallel_size()
@@ -154,7 +180,7 @@ def init_distributed(
     dp = check_layout(parallel, rdv.world_size)
     on_gpu = torch.cuda.is_available()
     if on_gpu:
-        torch.cuda.set_device(rdv.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device_index(rdv.local_rank))
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         apply_cpu_shim()

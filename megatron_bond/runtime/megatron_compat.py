@@ -1,10 +1,12 @@
 """Every use of a private megatron-core (or torch) name, in one module, checked against the versions
 it was verified with when it is imported, on every platform.
 
-GPU containers run newer megatron-core (on Python >= 3.12) than this project's CI can install: an
-unverified version gets one warning naming the verified ones, and the hooks below are where to look
-first when something breaks. (On CPU, runtime/cpu_shim.py patches megatron-core and refuses versions it
-was not checked against; its patches are CPU-only and stay there.)
+GPU containers run newer megatron-core (on Python >= 3.12) than this project's CI can install, and pip
+picks the newest for ``megatron-core>=0.16.1``: an unverified version is refused in one line on every
+platform (constraints/gpu.txt pins the verified GPU set), unless ``MEGATRON_BOND_UNVERIFIED_MEGATRON_CORE=1``
+accepts the risk (then one warning); the hooks below are where to look first when something breaks. (On
+CPU, runtime/cpu_shim.py patches megatron-core and refuses versions it was not checked against whatever
+the override says; its patches are CPU-only and stay there.)
 
 - ``PostprocessHookGPTModel``: GPTModel's last-stage ``_postprocess``, as a public ``postprocess`` hook.
 - ``RotatedCacheSelfAttention``: ``SelfAttention._adjust_key_value_for_inference`` and its 6-tuple:
@@ -21,6 +23,7 @@ was not checked against; its patches are CPU-only and stay there.)
 
 from __future__ import annotations
 
+import os
 import warnings
 from importlib.metadata import version
 
@@ -31,17 +34,28 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.attention import SelfAttention
 from torch import Tensor
 
+from megatron_bond.config import ConfigError
+
 VERIFIED_MEGATRON_CORE = ("0.16.1",)
 # (module, (getter, setter)): CudaRNGStatesTracker.fork reads and writes the CUDA generator through these.
 CUDA_RNG_STATE_FUNCTIONS = ("megatron.core.tensor_parallel.random", ("_get_cuda_rng_state", "_set_cuda_rng_state"))
 
 
-def check_version() -> bool:
-    """True for a verified megatron-core; otherwise one warning (the hooks may no longer fit)."""
+ACCEPT_UNVERIFIED = "MEGATRON_BOND_UNVERIFIED_MEGATRON_CORE"
+
+
+def check_version(env=None) -> bool:
+    """True for a verified megatron-core; an unverified one is refused (ConfigError: one line from the
+    CLI), or with ACCEPT_UNVERIFIED=1 gets one warning and False (the hooks may no longer fit)."""
     found = version("megatron-core")
     if found in VERIFIED_MEGATRON_CORE:
         return True
-    warnings.warn(f"megatron-bond: megatron-core {found} is not verified (verified: {', '.join(VERIFIED_MEGATRON_CORE)}); "
+    verified = ", ".join(VERIFIED_MEGATRON_CORE)
+    if (os.environ if env is None else env).get(ACCEPT_UNVERIFIED) != "1":
+        raise ConfigError(f"megatron-core {found} is not verified (verified: {verified}): install "
+                          f"megatron-core=={VERIFIED_MEGATRON_CORE[-1]} (pip install -c constraints/gpu.txt ...), "
+                          f"or set {ACCEPT_UNVERIFIED}=1 to run it at your own risk")
+    warnings.warn(f"megatron-bond: megatron-core {found} is not verified (verified: {verified}); "
                   "its private hooks are in megatron_bond/runtime/megatron_compat.py", stacklevel=2)
     return False
 

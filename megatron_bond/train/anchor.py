@@ -14,6 +14,13 @@ Which dtype each buffer has, and why:
 - π_ref (``ReferenceWeights``): a host copy of the initial weights in the model dtype. Only evaluation
   needs it, and there it is copied into the anchor model and the anchor rewritten from its shadow
   afterwards, so π_ref costs no device memory at any scale.
+
+With LoRA (model.lora) the optimizer holds only the adapters, so the shadow is an fp32 EMA of the
+adapter factors A and B (the same rule on the parameters that train; an EMA of the products B·A would be
+a full-size matrix of rank up to r·steps, which no adapter can hold). The anchor model's base weights
+are the policy's own tensors (``share_base``): policy, anchor and π_ref keep one copy of the base, and
+π_ref (``BaseReference``) is the anchor model with its adapters off. With η = 1 (or a swap) the anchor's
+factors are the policy's, so the anchor equals the policy exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import Tensor
 
 from megatron_bond.bond import ema_update_
 from megatron_bond.models.gpt import unwrap
+from megatron_bond.models.lora import adapters_off
 from megatron_bond.runtime.megatron_compat import flatten, optimizer_masters, unflatten
 
 
@@ -47,6 +55,8 @@ class Anchor:
 
     def __init__(self, chunks: list, policy_chunks: list, optimizer, dp_group=None):
         self.chunks = chunks
+        # What the anchor follows: the trainable parameters (all of them, or the adapters under LoRA).
+        self.params = [p.data for c in chunks for p in c.parameters() if p.requires_grad]
         names = {id(p): (i, n) for i, c in enumerate(policy_chunks) for n, p in unwrap(c).named_parameters()}
         anchor_params = [dict(c.named_parameters()) for c in chunks]
         self.slots: list[_Slot] = []
@@ -56,7 +66,7 @@ class Anchor:
             self.sharded |= span is not None
             self.slots.append(_Slot(master, master.detach().clone().float(), anchor_params[i][name].data, span))
         covered = sum(s.target.numel() for s in self.slots)
-        total = sum(p.numel() for c in chunks for p in c.parameters())
+        total = sum(p.numel() for p in self.params)
         if not self.sharded and covered != total:
             raise RuntimeError(f"the optimizer's masters cover {covered} of the anchor's {total} weights")
         self.dp_group = dp_group
@@ -89,13 +99,12 @@ class Anchor:
     def refresh(self) -> None:
         """Write the shadow into the anchor model's weights (model dtype)."""
         if self.sharded:  # each rank writes its shards into zeros; the sum over ranks is the whole
-            for chunk in self.chunks:
-                for p in chunk.parameters():
-                    p.data.zero_()
+            for p in self.params:
+                p.zero_()
         for s in self.slots:
             s.target.copy_(s.shadow.view_as(s.target))
         if self.sharded:
-            params = [p.data for c in self.chunks for p in c.parameters()]
+            params = self.params
             flat = flatten(params)
             torch.distributed.all_reduce(flat, group=self.dp_group)  # x + 0 is exact in any dtype
             for p, value in zip(params, unflatten(flat, params)):
@@ -106,7 +115,7 @@ class Anchor:
         optimizer, whose shards are assembled here (an all-reduce of zero-filled fp32 tensors, exact)."""
         if not self.sharded:
             return [(s.param, s.shadow) for s in self.slots]
-        params = [p.data for c in self.chunks for p in c.parameters()]
+        params = self.params
         full = {p.data_ptr(): torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params}
         for s in self.slots:
             full[s.param.data_ptr()].view(-1)[s.span] = s.shadow
@@ -147,3 +156,10 @@ class ReferenceWeights:
             yield anchor.chunks
         finally:
             anchor.refresh()
+
+
+class BaseReference:
+    """π_ref under LoRA: the base model, i.e. the anchor model with its adapters off (nothing copied)."""
+
+    def loaded_into(self, anchor: Anchor):
+        return adapters_off(anchor.chunks)

@@ -6,7 +6,7 @@ source, the policy checkpoint (path or fingerprint), ``bond.*``, ``data.*``, ``r
 ``optimizer.*``, ``run.seed``, ``train.global_batch_size``, ``policy.dtype``, and ``train.steps`` under a
 decaying LR schedule. The layout, ``train.steps`` (constant LR), evaluation, checkpoint and logging
 settings, packing and its token budgets may change. ``run.allow_changed=[key or section, ...]`` accepts listed changes (except those in
-NEVER): they take effect (a new optimizer.lr applies) and rank 0 says so.
+NEVER, and under LoRA policy.ckpt, the base the saved adapters belong to): they take effect (a new optimizer.lr applies) and rank 0 says so.
 """
 
 from __future__ import annotations
@@ -82,11 +82,13 @@ def resume_changes(ckpt: Path, cfg: Config) -> list[str]:
     if saved_cfg.optimizer.decay_style != "constant" and saved_cfg.train.steps != cfg.train.steps:
         # the LR decays over train.steps: the saved schedule would spend the extra steps at min_lr
         changes["train.steps"] = (saved_cfg.train.steps, cfg.train.steps)
-    refused = [k for k in changes if not _accepted(k, cfg.run.allow_changed) or k.startswith(NEVER)]
+    # Under LoRA the policy is policy.ckpt's base plus the saved adapters: another base is another policy.
+    never = NEVER + (INPUTS[0],) if cfg.model.lora.enabled else NEVER
+    refused = [k for k in changes if not _accepted(k, cfg.run.allow_changed) or k.startswith(never)]
     if refused:
         shown = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused[:3])
         more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-        accept = ("" if refused[0].startswith(NEVER)
+        accept = ("" if refused[0].startswith(never)
                   else f", or accept with run.allow_changed=[{refused[0]}]")
         raise ConfigError(f"cannot resume from {ckpt}: {shown}{more} changed since the run started; use a new "
                           f"run.output_dir for a different run{accept}")

@@ -10,12 +10,14 @@ import torch
 
 from megatron_bond.bond.algorithms import Algorithm, algorithm_for
 from megatron_bond.config import Config
+from megatron_bond.models.gpt import unwrap
+from megatron_bond.models.lora import init_adapters, share_base
 from megatron_bond.models.tokenizer import load_text_side
 from megatron_bond.phases import PhaseClock
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.rollout.engine import build_engine
 from megatron_bond.runtime import DistEnv
-from megatron_bond.train.anchor import Anchor, ReferenceWeights
+from megatron_bond.train.anchor import Anchor, BaseReference, ReferenceWeights
 from megatron_bond.train.data import PromptOrder, Prompts, load_prompts
 from megatron_bond.train.rewards import build_reward
 from megatron_bond.train.update import SkippedUpdates
@@ -32,7 +34,7 @@ class Trainer:
     cfg: Config
     dist: DistEnv
     algorithm: Algorithm  # J-BOND, BOND or REINFORCE (megatron_bond/bond/algorithms.py), chosen once
-    ref: ReferenceWeights
+    ref: ReferenceWeights | BaseReference
     reward: object
     prompts: Prompts
     stop_ids: tuple[int, ...]
@@ -68,6 +70,8 @@ def _policy_chunks(cfg: Config) -> list:
         return load_model_checkpoint(cfg.policy.ckpt, cfg)
     chunks = build_model(cfg)
     init_layout_invariant(chunks, cfg.run.seed)  # the same tiny policy at every layout
+    if cfg.model.lora.enabled:
+        init_adapters(chunks, cfg.run.seed)  # B = 0: the policy starts as its base
     return chunks
 
 
@@ -127,9 +131,13 @@ def build_trainer(cfg: Config, dist: DistEnv) -> Trainer:
                           hf_dir=Path(cfg.policy.ckpt) / "hf" if cfg.policy.ckpt else None)
     policy = _wrap_ddp(cfg, _policy_chunks(cfg))
     optimizer, scheduler = _optimizer(cfg, policy)
-    anchor = Anchor(build_model(cfg, initialize=False), policy, optimizer, ps.get_data_parallel_group())
+    anchor_chunks = build_model(cfg, initialize=False)
+    if cfg.model.lora.enabled:  # the anchor's base is the policy's; π_ref is that base, adapters off
+        share_base(anchor_chunks, [unwrap(c) for c in policy])
+    anchor = Anchor(anchor_chunks, policy, optimizer, ps.get_data_parallel_group())
+    ref = BaseReference() if cfg.model.lora.enabled else ReferenceWeights(anchor)
     return Trainer(cfg=cfg, dist=dist, algorithm=algorithm_for(cfg.bond), policy=policy, optimizer=optimizer, scheduler=scheduler, anchor=anchor,
-                   ref=ReferenceWeights(anchor), reward=reward, prompts=prompts,
+                   ref=ref, reward=reward, prompts=prompts,
                    order=PromptOrder(len(prompts.train), cfg.run.seed), stop_ids=stop_ids, tokenizer=text.tokenizer,
                    skips=SkippedUpdates(cfg.train.max_skipped_steps),
                    clock=PhaseClock(next(policy[0].parameters()).device), engine=engine)

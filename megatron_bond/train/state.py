@@ -1,7 +1,8 @@
 """Training checkpoints: everything a step depends on, written atomically, resumed automatically.
 
     OUT/checkpoints/step_0000100/
-        dist/                 megatron-core dist_checkpointing: policy weights ("policy." keys), the anchor's
+        dist/                 megatron-core dist_checkpointing: policy weights ("policy." keys; under LoRA its
+                              adapters only, the base being policy.ckpt's), the anchor's
                               fp32 EMA shadow ("anchor." keys), the optimizer state in model space (reshards
                               across TP / PP / DP; the distributed optimizer's across DP only)
         rng/pp{p}_tp{t}_dp{d}.pt   each rank's Python, numpy, torch (CPU, CUDA) and Megatron tracker RNG state
@@ -36,7 +37,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.models.checkpoint import check_complete, refuse_non_finite
 from megatron_bond.models.gpt import unwrap
-from megatron_bond.models.keys import canonical
+from megatron_bond.models.keys import canonical, load_module_state
+from megatron_bond.models.lora import is_adapter
 from megatron_bond.resolve import uses_distributed_optimizer
 from megatron_bond.runtime.megatron_compat import prime_adam_state
 from megatron_bond.train.faults import fault_point
@@ -51,7 +53,10 @@ LATEST = "latest"
 # by megatron-core 0.16's own checkpointing (flattened ranges; seen on an H200).
 DIST_OPT_SHARDING = "dp_reshardable"
 def _policy_state(t) -> dict:
-    return {f"chunk{i}": canonical(unwrap(c).sharded_state_dict(prefix="policy.")) for i, c in enumerate(t.policy)}
+    # Under LoRA the adapters only: the base is policy.ckpt's (its fingerprint in trainer.json), never rewritten.
+    lora = t.cfg.model.lora.enabled
+    return {f"chunk{i}": {k: v for k, v in canonical(unwrap(c).sharded_state_dict(prefix="policy.")).items()
+                          if not lora or is_adapter(k)} for i, c in enumerate(t.policy)}
 
 
 def _anchor_state(t, fulls: list) -> dict:
@@ -205,7 +210,11 @@ def load_checkpoint(t, ckpt: Path) -> int:
     refuse_non_finite(state, str(ckpt), torch.distributed.group.WORLD)
     for i, chunk in enumerate(t.policy):
         prefix = "policy."
-        unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()})
+        module = unwrap(chunk)
+        loaded = {k[len(prefix):]: v for k, v in state["policy"][f"chunk{i}"].items()}
+        if t.cfg.model.lora.enabled:  # the checkpoint holds the adapters; the base is policy.ckpt's, already loaded
+            loaded = {**{k: v for k, v in module.state_dict().items() if not is_adapter(k)}, **loaded}
+        load_module_state(module, loaded)
     t.optimizer.load_state_dict(state["optimizer"])
     if any(change.startswith("optimizer.") for change in accepted):
         _apply_optimizer_settings(t)

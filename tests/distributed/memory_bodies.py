@@ -17,17 +17,18 @@ GEMMA2 = ["model.family=gemma2", "model.post_norms=true", "model.zero_centered_n
           "train.global_batch_size=4", "parallel.micro_batch_size=2"]
 
 
-def allocated(tp: int, pp: int) -> dict:
+def allocated(tp: int, pp: int, overrides: list[str] = ()) -> dict:
     """Bytes this rank holds after one training step: policy weights, DDP's gradient buffer, Adam's
-    state, the anchor's fp32 shadow; and the planner's figures for the same rank."""
+    state, the anchor's fp32 shadow and its own weights (under LoRA the adapters: the base is the
+    policy's); and the planner's figures for the same rank."""
     from megatron.core import parallel_state as ps
 
-    from megatron_bond.memory import stage_params
+    from megatron_bond.memory import adapter_params, stage_params
     from megatron_bond.resolve import resolve_config
     from megatron_bond.train.setup import build_trainer
     from megatron_bond.train.step import train_step
 
-    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}", f"parallel.pp={pp}"]))
+    cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, f"parallel.tp={tp}", f"parallel.pp={pp}", *overrides]))
     dist = init_distributed(cfg.parallel, seed=0)
     try:
         t = build_trainer(cfg, dist)
@@ -35,11 +36,16 @@ def allocated(tp: int, pp: int) -> dict:
         opt = t.optimizer.chained_optimizers[0] if hasattr(t.optimizer, "chained_optimizers") else t.optimizer
         state = [v for s in opt.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
         n = stage_params(cfg.model, tp, pp, ps.get_pipeline_model_parallel_rank())
+        a = adapter_params(cfg.model, tp, cfg.parallel.stage_layers(cfg.model.num_layers)[ps.get_pipeline_model_parallel_rank()])
+        trained = a if cfg.model.lora.enabled else n
+        policy = {p.data_ptr() for c in t.policy for p in c.parameters()}
         return {
-            "weights": (sum(p.numel() * p.element_size() for c in t.policy for p in c.parameters()), 4 * n),
-            "gradients": (sum(b.grad_data.numel() * b.grad_data.element_size() for c in t.policy for b in c.buffers), 4 * n),
-            "adam": (sum(v.numel() * v.element_size() for v in state), 8 * n),
-            "anchor_shadow": (sum(s.shadow.numel() * 4 for s in t.anchor.slots), 4 * n),
+            "weights": (sum(p.numel() * p.element_size() for c in t.policy for p in c.parameters()), 4 * (n + a)),
+            "gradients": (sum(b.grad_data.numel() * b.grad_data.element_size() for c in t.policy for b in c.buffers), 4 * trained),
+            "adam": (sum(v.numel() * v.element_size() for v in state), 8 * trained),
+            "anchor_shadow": (sum(s.shadow.numel() * 4 for s in t.anchor.slots), 4 * trained),
+            "anchor_weights": (sum(p.numel() * p.element_size() for c in t.anchor.chunks for p in c.parameters()
+                                   if p.data_ptr() not in policy), 4 * trained),
         }
     finally:
         destroy_distributed()

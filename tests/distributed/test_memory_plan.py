@@ -1,6 +1,6 @@
 """The memory planner (megatron_bond/memory.py, tools/plan_memory.py) against what is really allocated:
 parameter, gradient, optimizer and EMA-shadow bytes equal megatron-core's tensors on every rank of a
-tiny Gemma 2 at TP=2×PP=2; activations are within 25 % of the bytes autograd saves for backward; and the
+tiny Gemma 2 at TP=2×PP=2 (and with LoRA adapters); activations are within 25 % of the bytes autograd saves for backward; and the
 tool gives a verdict for every shipped recipe."""
 
 import re
@@ -18,9 +18,11 @@ RECIPES = {p.stem: int(re.search(r"sbatch --nodes=(\d+)", p.read_text()).group(1
            for p in sorted((ROOT / "recipes").glob("jbond_*.yaml"))}
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)], ids=["tp1", "tp2pp2"])
-def test_parameter_gradient_and_optimizer_bytes_equal_the_allocation(tp, pp):
-    for rank in run_ranks("tests.distributed.memory_bodies:allocated", tp * pp, {"tp": tp, "pp": pp}, timeout=240):
+@pytest.mark.parametrize("tp,pp,overrides", [(1, 1, []), (2, 2, []), (2, 2, ["model.lora.rank=4"])],
+                         ids=["tp1", "tp2pp2", "tp2pp2_lora"])
+def test_parameter_gradient_and_optimizer_bytes_equal_the_allocation(tp, pp, overrides):
+    for rank in run_ranks("tests.distributed.memory_bodies:allocated", tp * pp, {"tp": tp, "pp": pp, "overrides": overrides},
+                          timeout=240):
         for item, (measured, planned) in rank.items():
             assert measured == planned, (item, measured, planned)
 
@@ -42,8 +44,13 @@ def test_every_shipped_recipe_fits_its_stated_nodes(recipe):
                            str(RECIPES[recipe]), "--gpus-per-node", "8"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "verdict: fits" in done.stdout, done.stdout + done.stderr
     assert f"on {RECIPES[recipe]} × 8" in done.stdout
-    assert re.search(r"largest phase (rollout|scoring|train|eval|checkpoint_save|checkpoint_load): ", done.stdout)
-    assert f"sbatch --nodes={RECIPES[recipe]}" in (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    largest = re.search(r"largest phase (rollout|scoring|train|eval|checkpoint_save|checkpoint_load): ([\d.]+) GiB "
+                        r"of ([\d.]+) GiB usable", done.stdout)
+    # A margin for what no plan counts exactly (fragmentation past the planned slack, NCCL's buffers); each
+    # recipe's header says why it fits.
+    assert float(largest.group(2)) <= 0.9 * float(largest.group(3)), largest.group(0)
+    header = (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    assert f"sbatch --nodes={RECIPES[recipe]}" in header and "# Why it fits: " in header
 
 
 def test_a_batch_that_data_parallel_ranks_cannot_split_is_refused():

@@ -11,8 +11,9 @@ def cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: str) -> list:
-    """Run `megatron-bond score` (the CLI entry) on these ranks; rank 0 returns the parsed output."""
+def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: str, extra: tuple = ()) -> list:
+    """Run `megatron-bond score` (the CLI entry, ``extra`` arguments added) on these ranks; rank 0 returns
+    the parsed output."""
     import json
 
     from megatron_bond.cli import main
@@ -24,7 +25,7 @@ def score_checkpoint(ckpt: str, tp: int, pp: int, rows: list[list[int]], out: st
                 f.write(json.dumps({"tokens": r}) + "\n")
     _wait_for(inp)
     code = main(["score", "--ckpt", ckpt, "--tp", str(tp), "--pp", str(pp), "--input", inp,
-                 "--output", out, "--batch-size", "3"])
+                 "--output", out, "--batch-size", "3", *extra])
     assert code == 0
     if os.environ["RANK"] != "0":
         return []
@@ -105,3 +106,47 @@ def generate_many(ckpts: list[str], tp: int, pp: int, prompts: list[list[int]], 
                 "scored": [s[len(p) - 1:] for s, p in zip(scored, out.prompts)]}
 
     return _at_layout(tp, pp, ckpts, work, stages)
+
+
+def extra_state_checkpoints(ckpt: str, out: str, rows: list[list[int]]) -> dict:
+    """A model whose core attention carries extra state as Transformer Engine's ``DotProductAttention``
+    does (a uint8 tensor of pickled FP8 metadata in its state dict, which a strict ``load_state_dict``
+    asks for, and none in its sharded state dict) loads a converted checkpoint, saves one, and a plain
+    model loads that one: the scores of both."""
+    import pickle
+
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_bond.commands.score import score_rows
+    from megatron_bond.config import ParallelConfig
+    from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
+    from megatron_bond.models.gemma_layers import GemmaCoreAttention
+    from megatron_bond.runtime import destroy_distributed, init_distributed
+
+    given = []
+
+    def get_extra_state(self):
+        return torch.frombuffer(bytearray(pickle.dumps({"amax_history": [0.0]})), dtype=torch.uint8)
+
+    def set_extra_state(self, state):
+        given.append(pickle.loads(state.numpy().tobytes()))
+
+    parallel = ParallelConfig()
+    init_distributed(parallel, seed=0)
+    try:
+        cfg = read_checkpoint_config(ckpt, parallel)
+        GemmaCoreAttention.get_extra_state, GemmaCoreAttention.set_extra_state = get_extra_state, set_extra_state
+        try:
+            extra = load_model_checkpoint(ckpt, cfg)
+            asked = [k for k in extra[0].state_dict() if k.endswith("core_attention._extra_state")]
+            scores_extra = score_rows(extra, cfg, rows, batch_size=3)
+            save_model_checkpoint(extra, cfg, out)
+        finally:
+            del GemmaCoreAttention.get_extra_state, GemmaCoreAttention.set_extra_state
+        scores_plain = score_rows(load_model_checkpoint(out, cfg), cfg, rows, batch_size=3)
+        saved = list(FileSystemReader(f"{out}/model").read_metadata().state_dict_metadata)
+        return {"asked": asked, "given": given, "scores_extra": scores_extra, "scores_plain": scores_plain,
+                "saved_extra": [k for k in saved if "_extra_state" in k]}
+    finally:
+        destroy_distributed()

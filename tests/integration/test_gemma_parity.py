@@ -65,8 +65,12 @@ def test_score_matches_transformers(converted, scored, variant, layout):
 
 @pytest.mark.parametrize("variant", ["gemma2_gqa", "gemma2_reward"])
 def test_score_command_at_tp2(converted, tmp_path, variant):
+    """The reward model's rows packed (--max-tokens-per-microbatch: two rows' worth per pack), against
+    transformers all the same."""
     root, _, rows, ref = converted(variant)
+    extra = ("--max-tokens-per-microbatch", str(2 * max(map(len, rows)))) if "reward" in variant else ()
     out = run_ranks("tests.integration.bodies:score_checkpoint", 2,
-                    {"ckpt": str(root / "ckpt"), "tp": 2, "pp": 1, "rows": rows, "out": str(tmp_path / "o.jsonl")})[0]
+                    {"ckpt": str(root / "ckpt"), "tp": 2, "pp": 1, "rows": rows, "out": str(tmp_path / "o.jsonl"),
+                     "extra": extra})[0]
     key = "reward" if "reward" in variant else "logprobs"
     assert max_error(variant, [o[key] for o in out], ref) < TOL

@@ -155,6 +155,23 @@ def catalogue(tmp_path_factory, converted):
     case("train_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
          lambda d: cli(*_train_args(d / "o", f"policy.ckpt={gemma}", "reward.function=megatron_bond.train.rewards:tiny_reward")))
 
+    case("train_lora_unknown_target", "model.lora.targets: 'q_proj' is not a linear adapters can go on",
+         lambda d: cli(*_train_args(d / "o", "model.lora.rank=4", "model.lora.targets=[linear_qkv,q_proj]")))
+    case("train_lora_rank_above_dimension", "model.lora.rank: 100 exceeds linear_qkv's dimension 64",
+         lambda d: cli(*_train_args(d / "o", "model.lora.rank=100")))
+
+    def resume_lora_other_base(d):  # adapters saved over a base whose fingerprint is not policy.ckpt's
+        dist = copy_run(d)
+        for name, edit in (("config.json", lambda c: c["model"]["lora"].update(rank=4)),
+                           ("trainer.json", lambda c: c["inputs"].update({"policy.ckpt": "0123456789abcdef"}))):
+            saved = json.loads((dist.parent / name).read_text())
+            edit(saved)
+            (dist.parent / name).write_text(json.dumps(saved))
+        return cli(*_train_args(d / "run", "model.lora.rank=4", "run.allow_changed=[policy.ckpt]"))
+
+    case("train_resume_lora_other_base", "policy.ckpt: 'fingerprint 0123456789abcdef' -> 'fingerprint None' changed",
+         resume_lora_other_base)
+
     def resume_distributed_optimizer_state(d):  # saved on GPUs by the distributed optimizer
         dist = copy_run(d)
         trainer = dist.parent / "trainer.json"
@@ -361,6 +378,7 @@ CASE_NAMES = [
     "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",
     "train_model_key_contradicts_checkpoint",
     "train_resume_sharded_optimizer_state",
+    "train_lora_unknown_target", "train_lora_rank_above_dimension", "train_resume_lora_other_base",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
     "train_latest_names_missing_step", "train_corrupted_checkpoint_bytes", "train_rows_past_context",
     "train_token_budget_below_a_row", "train_packing_local_gpt_attention", "train_kv_budget_below_a_wave",
@@ -422,3 +440,18 @@ def test_sigint_during_a_conversion_exits_promptly_and_leaves_nothing(tmp_path):
     assert time.monotonic() - start < 20
     assert proc.returncode == 130 and "interrupted; nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_unverified_megatron_core_is_refused_in_one_line(tmp_path):
+    """pip picks the newest megatron-core on Python >= 3.12: the CLI refuses an unverified one before any
+    work (runtime/megatron_compat.py), naming the pin and the override."""
+    fake = ("import importlib.metadata as m, sys; real = m.version; "
+            "m.version = lambda n: '0.17.0' if n == 'megatron-core' else real(n); "
+            "from megatron_bond.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", fake, *_train_args(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "megatron-core 0.17.0 is not verified (verified: 0.16.1): install megatron-core==0.16.1" in lines[0]
+    assert "MEGATRON_BOND_UNVERIFIED_MEGATRON_CORE=1" in lines[0] and not out.exists()

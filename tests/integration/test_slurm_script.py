@@ -22,7 +22,7 @@ SRUN = r"""#!/bin/bash
 {
   echo "CALL"
   for a in "$@"; do echo "ARG $a"; done
-  env | grep -E '^(MASTER_ADDR|MASTER_PORT|CUDA_DEVICE_MAX_CONNECTIONS|TORCH_NCCL_ASYNC_ERROR_HANDLING|NCCL_DEBUG|OMP_NUM_THREADS|MEGATRON_BOND_TIMEOUT_MINUTES|PYTHONPATH)=' | sed 's/^/ENV /'
+  env | grep -E '^(MASTER_ADDR|MASTER_PORT|CUDA_DEVICE_MAX_CONNECTIONS|TORCH_NCCL_ASYNC_ERROR_HANDLING|NCCL_DEBUG|NCCL_NVLS_ENABLE|NCCL_CUMEM_ENABLE|NCCL_SOCKET_IFNAME|GLOO_SOCKET_IFNAME|OMP_NUM_THREADS|MEGATRON_BOND_TIMEOUT_MINUTES|PYTHONPATH)=' | sed 's/^/ENV /'
 } >> "$STUB_LOG"
 while [[ "$1" == --* ]]; do shift; done
 if [[ "$2 $3 $4" == "-m megatron_bond.cli config" ]]; then
@@ -51,7 +51,7 @@ def _stubs(root):
     return bin_dir
 
 
-def run_script(tmp_path, gpus: int, node_addr: str, container: bool = True, overrides: str = ""):
+def run_script(tmp_path, gpus: int, node_addr: str, container: bool = True, overrides: str = "", extra_env=None):
     bin_dir = _stubs(tmp_path)
     log = tmp_path / "srun.log"
     env = {
@@ -62,6 +62,7 @@ def run_script(tmp_path, gpus: int, node_addr: str, container: bool = True, over
         "SLURM_NTASKS": str(2 * max(gpus, 1)), "SLURM_NTASKS_PER_NODE": str(max(gpus, 1)),
         **({"SLURM_GPUS_ON_NODE": str(gpus)} if gpus else {}),
         **({"CONTAINER_IMAGE": IMAGE} if container else {}),
+        **(extra_env or {}),
     }
     done = subprocess.run(["/bin/bash", str(ROOT / "slurm" / "jbond_gemma.sh")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -125,3 +126,22 @@ def test_cpu_branch_with_the_same_node_address(tmp_path):
     assert env["MASTER_ADDR"] == "10.11.12.13" and "CUDA_DEVICE_MAX_CONNECTIONS" not in env
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in env
     assert os.path.isdir(tmp_path / "run" / "logs")
+
+
+def test_header_takes_whole_nodes_and_their_memory():
+    header = [line for line in (ROOT / "slurm" / "jbond_gemma.sh").read_text().splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --exclusive" in header and "#SBATCH --mem=0" in header
+
+
+@pytest.mark.parametrize("engine, cumem", [("native", None), ("vllm", "0")])
+def test_gpu_branch_sets_nccl_before_the_launch_and_passes_the_interface_on(tmp_path, engine, cumem):
+    """NVLS off (its buffers are not in the memory plan), cuMem off with vLLM (its sleep-mode pool), both
+    in the environment of the training srun, before any process group; one interface named for NCCL
+    reaches gloo too (vLLM's data-parallel replicas talk over gloo)."""
+    done, calls = run_script(tmp_path, gpus=8, node_addr="10.11.12.13",
+                             overrides=f"rollout.engine={engine} policy.ckpt=ckpt/7b",
+                             extra_env={"NCCL_SOCKET_IFNAME": "ib0"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = _train_call(calls)["env"]
+    assert env["NCCL_NVLS_ENABLE"] == "0" and env.get("NCCL_CUMEM_ENABLE") == cumem
+    assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "ib0"

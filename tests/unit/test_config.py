@@ -154,14 +154,16 @@ def test_every_numeric_key_has_a_range():
 
     from megatron_bond.config.ranges import RANGES
 
-    numeric = set()
-    for section in dataclasses.fields(Config):
-        for f in dataclasses.fields(section.type if isinstance(section.type, type) else typing.get_type_hints(Config)[section.name]):
-            hint = typing.get_type_hints(typing.get_type_hints(Config)[section.name])[f.name]
-            args = typing.get_args(hint) or (hint,)
-            if any(a in (int, float) for a in args):
-                numeric.add(f"{section.name}.{f.name}")
-    assert numeric == set(RANGES)
+    def numeric(cls, prefix: str) -> set[str]:  # sections nest (model.lora)
+        out = set()
+        for name, hint in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(hint):
+                out |= numeric(hint, f"{prefix}{name}.")
+            elif any(a in (int, float) for a in typing.get_args(hint) or (hint,)):
+                out.add(f"{prefix}{name}")
+        return out
+
+    assert numeric(Config, "") == set(RANGES)
 
 
 def test_responses_must_leave_room_for_a_prompt_in_the_context(capsys):

@@ -1,6 +1,6 @@
 """The memory plan with the vLLM engine (rollout.engine=vllm): its pool replaces the native decode loop's
-buffers in the rollout and eval phases only (it sleeps in the others), a refit adds one tensor gathered
-whole, and a layout the engine refuses is refused by the planner too."""
+buffers in the rollout and eval phases only (it sleeps in the others, holding what sleep does not free),
+a refit adds one tensor gathered whole and its concatenation, and a layout the engine refuses is refused by the planner too."""
 
 import dataclasses
 import subprocess
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from megatron_bond.config import load_config
-from megatron_bond.memory import GiB, Allocation, plan
+from megatron_bond.memory import GiB, VLLM_ASLEEP_BYTES, Allocation, plan
 from megatron_bond.resolve import resolve_config
 
 ALLOC = Allocation(nodes=1, gpus_per_node=8, gpu_memory_gb=80.0)
@@ -22,13 +22,16 @@ def _cfg(*overrides, on_gpu=True):
 
 def test_the_engine_pool_replaces_the_native_rollout_buffers_on_gpu():
     native, vllm = plan(_cfg(), ALLOC), plan(_cfg("rollout.engine=vllm", "rollout.vllm_memory_fraction=0.3"), ALLOC)
-    # Gemma 2 9B: 256000 × 3584 bf16 embedding gathered whole at TP = 8; 0.3 of an 80 GiB GPU.
+    # Gemma 2 9B: 256000 × 3584 bf16 embedding gathered whole at TP = 8 and concatenated (2 copies); 0.3
+    # of an 80 GiB GPU.
     for phase in ("rollout", "eval"):
-        assert sorted(vllm.phases[phase].values()) == sorted([2 * 256000 * 3584, 0.3 * 80 * GiB])
+        assert sorted(vllm.phases[phase].values()) == sorted([2 * 2 * 256000 * 3584, 0.3 * 80 * GiB])
         assert not any(k.startswith("KV cache") for k in vllm.phases[phase])
     assert {ph: v for ph, v in vllm.phases.items() if ph not in ("rollout", "eval")} == \
         {ph: v for ph, v in native.phases.items() if ph not in ("rollout", "eval")}
-    assert vllm.resident == native.resident
+    # What sleep does not free (CUDA graphs, communicators) is held in every phase.
+    assert {k: v for k, v in vllm.resident.items() if k not in native.resident} == {
+        "vLLM engine asleep: CUDA-graph pool, communicators, buffers (estimate)": VLLM_ASLEEP_BYTES}
     larger = plan(_cfg("rollout.engine=vllm", "rollout.vllm_memory_fraction=0.5"), ALLOC)
     # 0.2 of the GPU more, with the allocator's 10 % slack on it
     assert abs(larger.phase_total("rollout") - vllm.phase_total("rollout") - 1.1 * 0.2 * 80 * GiB) < 1.0

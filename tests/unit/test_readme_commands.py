@@ -5,7 +5,8 @@ span and every OVERRIDES / key=value span of its prose.
 - run for real (seconds, no model): `megatron-bond config` (what `train` checks before it builds a model:
   config/validate.py and resolve.py's resolve_present) on each recipe with its overrides, and
   tools/plan_memory.py as written;
-- checked, not run (minutes, GPUs or a cluster): `make` targets exist in the Makefile; the converters'
+- checked, not run (minutes, GPUs or a cluster): `make` targets exist in the Makefile; `pip install`'s
+  constraint files exist and its extras are declared; the converters'
   command lines parse with their own parsers; `megatron-bond train` lines parse with the CLI's and pass
   `config`; `sbatch slurm/jbond_gemma.sh` names an existing script and its RECIPE and OVERRIDES pass `config`.
 A command of another kind fails the test until a rule for it is added here. `tail -f` is the one command
@@ -83,6 +84,13 @@ def test_each_readme_command_is_accepted(command, capsys):
     if program == "make":
         makefile = (ROOT / "Makefile").read_text()
         assert all(re.search(rf"^{re.escape(t)}:", makefile, re.M) for t in args), command
+    elif program == "pip" and args[0] == "install":  # constraint files exist, extras are declared
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        for flag, value in zip(args, args[1:]):
+            if flag == "-c":
+                assert (ROOT / value).is_file(), command
+        for extra in re.findall(r"\.\[([a-z,-]+)\]", command):
+            assert all(re.search(rf"^{e} = ", pyproject, re.M) for e in extra.split(",")), command
     elif program == "tail":
         pass  # not the project's
     elif program == "sbatch":
@@ -98,7 +106,7 @@ def test_each_readme_command_is_accepted(command, capsys):
         assert done.returncode == 0 and done.stdout.splitlines()[-1] == "verdict: fits", (command, done.stderr)
     elif program.endswith("python") and args[0] in ("tools/convert_hf_to_megatron.py", "tools/convert_megatron_to_hf.py"):
         module = _tool(args[0])
-        tool_parser(args[0], module.__doc__, module.SOURCE).parse_args(args[1:])
+        tool_parser(args[0], module.__doc__, module.SOURCE, getattr(module, "OPTIONS", None)).parse_args(args[1:])
     else:
         pytest.fail(f"the README command {command!r} has no rule in {__file__}: add one")
 

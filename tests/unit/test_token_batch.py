@@ -111,3 +111,18 @@ def test_padded_microbatches_match_the_right_padded_layout():
             row = rows[i] + [0] * (width - len(rows[i]))
             assert m.tokens[k].tolist() == row[:-1] and m.labels[k].tolist() == row[1:]
             assert torch.equal(m.weights[k, : longest - 1], weights[i]) and (m.weights[k, longest - 1 :] == 0).all()
+
+
+def test_score_refuses_rows_past_its_token_budget(tmp_path):
+    """`megatron-bond score --max-tokens-per-microbatch`: checked with the input, before any process group."""
+    from megatron_bond.commands.score import read_token_rows
+    from megatron_bond.config import Config, ConfigError, ModelConfig
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"tokens": [1, 2, 3]}\n{"tokens": [1, 2, 3, 4, 5]}\n')
+    gemma = Config(model=ModelConfig(family="gemma"))
+    assert len(read_token_rows(path, gemma, budget=5)) == 2
+    with pytest.raises(ConfigError, match=r"in.jsonl:2: 5 tokens exceed --max-tokens-per-microbatch 4"):
+        read_token_rows(path, gemma, budget=4)
+    with pytest.raises(ConfigError, match="the gpt family's local attention cannot serve packed documents"):
+        read_token_rows(path, Config(), budget=8)
