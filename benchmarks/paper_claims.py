@@ -4,6 +4,11 @@ says so), with the package's own losses and algorithm objects (megatron_bond/bon
 
     python benchmarks/paper_claims.py --out docs/results            # all claims, ~15 min on 2 cores
     python benchmarks/paper_claims.py --out /tmp/smoke --smoke      # 2 seeds, short runs (CI)
+    python benchmarks/paper_claims.py --task enumerable --out docs/results/enumerable_claims.jsonl [--smoke]
+
+``--task enumerable`` runs the claims on the enumerable transformer task instead
+(benchmarks/enumerable_claims.py says what it pre-registers); ``--out`` is then the JSON-lines file, the
+figures go next to it.
 
 Each claim writes JSON lines to OUT/paper_claims.jsonl: one "summary" line per setting with each seed's
 value (``per_seed``), the mean and its 95 % Student-t interval over seeds (``ci95``), and the verdict;
@@ -33,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # noqa: E402
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
 from megatron_bond.bond.estimates import mean_interval  # noqa: E402
+from megatron_bond.bond.fronts import envelope, kl_ratio_to_bon, optimal_front, shortfall  # noqa: E402
 from megatron_bond.jsonl import strict  # noqa: E402
+from benchmarks import enumerable_claims  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
     SequenceProblem, at_first, bon_curve, front_ratio, run_jbond, sampled_loss,
 )
@@ -322,6 +329,64 @@ def claim_gamma(seeds: list[int], steps: int) -> list[dict]:
     return out
 
 
+# The simulator's results re-read with the trajectory metrics (issue 41), from the curves in OUT/paper_claims.jsonl.
+RETRO_KL, RETRO_Q = np.linspace(0.05, 3.0, 60), np.linspace(0.8, 0.94, 15)
+
+
+def retro(lines: list[dict], seeds: list[int], steps: int) -> list[dict]:
+    """(d): J-BOND's and REINFORCE's reward shortfall from the optimal front over KL ∈ [0.05, 3], per
+    problem, exact and sampled gradients. (b): iterative BOND's and N = 16's KL over the Best-of-N KL along
+    the path, q ∈ [0.8, 0.94]. (c)'s control: EMA η = 0.02 against swaps every 99 steps with exact
+    gradients (``steps`` swap intervals; the sampled runs are claim c's)."""
+    out, curves = [], [r for r in lines if r["kind"] == "curve"]
+    rows = lambda claim, setting, s: next(r["rows"] for r in curves if r["claim"] == claim and r["setting"] == setting and r["seed"] == s)  # noqa: E731
+    fronts = {}
+    for s in seeds:
+        p = problem(s)
+        fronts[s] = optimal_front(p.ref_probs().log().unsqueeze(0), p.rewards.unsqueeze(0))
+    metric = "reward shortfall from the optimal front, mean over KL in [0.05, 3]"
+    for mode in ("exact", "sampled"):
+        jb = [shortfall(rows("d", f"{mode} jbond", s), fronts[s], RETRO_KL)[0] for s in seeds]
+        out.append(summary("d-retro", f"{mode} jbond", metric, jb, seeds))
+        for beta in D_BETAS:
+            rf = [shortfall(rows("d", f"{mode} reinforce beta_rl={beta}", s), fronts[s], RETRO_KL)[0] for s in seeds]
+            out.append(summary("d-retro", f"{mode} reinforce beta_rl={beta}", metric, rf, seeds))
+            row = summary("d-retro", f"{mode} jbond - reinforce beta_rl={beta}", metric, [a - b for a, b in zip(jb, rf)], seeds)
+            row["verdict"] = sign_verdict(*row["ci95"])
+            out.append(row)
+        env = [shortfall(envelope([rows("d", f"{mode} reinforce beta_rl={b}", s) for b in D_BETAS], RETRO_KL), fronts[s], RETRO_KL)[0]
+               for s in seeds]
+        row = summary("d-retro", f"{mode} jbond - reinforce envelope over {D_BETAS}", metric, [a - b for a, b in zip(jb, env)], seeds)
+        row["verdict"] = sign_verdict(*row["ci95"])
+        out.append(row)
+    ratio = {name: [] for name in ("iterative n=2", "N=16")}
+    for s in seeds:
+        q, k = bon_curve(problem(s), max_n=400)  # Best-of-399 is past q = 0.99 on every problem
+        for name in ratio:
+            ratio[name].append(kl_ratio_to_bon(rows("b", name, s), {"quantile": np.array(q), "kl_ref": np.array(k)}, RETRO_Q)[0])
+    for name in ratio:
+        out.append(summary("b-retro", name, "KL over the Best-of-N KL, mean over q in [0.8, 0.94]", ratio[name], seeds))
+    row = summary("b-retro", "iterative n=2 - N=16", "KL over the Best-of-N KL, mean over q in [0.8, 0.94]",
+                  [a - b for a, b in zip(ratio["iterative n=2"], ratio["N=16"])], seeds)
+    row["verdict"] = sign_verdict(*row["ci95"])
+    out.append(row)
+    if not steps:
+        return out
+    ratios = {"ema": [], "swap": []}
+    for s in seeds:
+        p = problem(s)
+        curve = bon_curve(p, max_n=2000)
+        for mode, kw in (("ema", {"eta": 0.02}), ("swap", {"swap_every": 99})):
+            ratios[mode].append(front_ratio(run_jbond(p, steps * 99, C_LR, seed=1000 + s, **kw), curve)[0])
+    for mode in ratios:
+        out.append(summary("c-exact", f"{mode}: eta=0.02 vs swap_every=99, exact gradients", "front ratio", ratios[mode], seeds))
+    row = summary("c-exact", "eta=0.02 vs swap_every=99, exact gradients", "front ratio, EMA - swap",
+                  [a - b for a, b in zip(ratios["ema"], ratios["swap"])], seeds)
+    row["verdict"] = sign_verdict(*row["ci95"])
+    out.append(row)
+    return out
+
+
 FULL = {"a": (list(range(10)), 1000), "b": (list(range(10)), 150), "c": (list(range(20)), 6),
         "d": (list(range(10)), D_STEPS), "gamma": (list(range(10)), 2000)}
 SMOKE = {"a": ([0, 1], 60), "b": ([0, 1], 10), "c": ([0, 1], 2), "d": ([0, 1], 60), "gamma": ([0, 1], 60)}
@@ -415,14 +480,40 @@ def plot(lines: list[dict], out: Path) -> None:
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    args.add_argument("--out", default="docs/results")
+    args.add_argument("--task", choices=("simulator", "enumerable"), default="simulator")
+    args.add_argument("--out", default="docs/results", help="a folder (simulator) or a JSON-lines file (enumerable)")
     args.add_argument("--claims", default=",".join(CLAIMS), help="comma-separated, of " + ", ".join(CLAIMS))
     args.add_argument("--smoke", action="store_true", help="2 seeds and short runs: checks the pipeline, not the claims")
+    args.add_argument("--reduced", action="store_true", help="enumerable: 3 seeds, 80 steps, 2 learning rates, 8 held-out prompts (a shared machine)")
+    args.add_argument("--retro", action="store_true", help="re-read OUT/paper_claims.jsonl with the trajectory metrics "
+                      "(and run (c)'s exact-gradient control): writes OUT/paper_claims_retro.jsonl")
     args.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/paper_claims.jsonl")
     a = args.parse_args()
+    if a.task == "enumerable":
+        path = Path(a.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not a.plot_only:
+            log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+            lines = [_json(r) for r in enumerable_claims.run("smoke" if a.smoke else "reduced" if a.reduced else "full", log)]
+            path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+            for r in lines:
+                if r["kind"] == "claim":
+                    print(json.dumps(r), flush=True)
+        enumerable_claims.plot([json.loads(line) for line in path.read_text().splitlines()], path.parent)
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "paper_claims.jsonl"
+    if a.retro:
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        seeds = sorted({r["seed"] for r in lines if r["kind"] == "curve" and r["claim"] == "d"})
+        start = time.perf_counter()
+        rows = retro(lines, seeds, (SMOKE if a.smoke else FULL)["c"][1])
+        for r in rows:
+            r["wall_s"] = round(time.perf_counter() - start, 1)
+            print(json.dumps(_json(r)), flush=True)
+        (out / "paper_claims_retro.jsonl").write_text("".join(json.dumps(_json(r)) + "\n" for r in rows))
+        return
     if not a.plot_only:
         lines = []
         for name in a.claims.split(","):

@@ -114,7 +114,8 @@ def kl_ratio_interval(quantile: Tensor, kl_ref: Tensor, curve_kl: Tensor, curve_
     percentile-bootstrap interval over prompts (prompts resampled with replacement, each draw's curve
     the mean of its prompts' curves). Per prompt: ``quantile``, ``kl_ref`` [P], ``curve_*`` [P, len(ns)].
     Draws whose ratio is undefined (a quantile off the curve or a Best-of-N KL of 0) count as +inf, so
-    they widen the upper end rather than vanish; the seed is fixed, so the interval is reproducible."""
+    they widen the upper end rather than vanish; the seed is fixed, so the interval is reproducible.
+    Its scope: the evaluation's noise (which prompts, which samples), not the training run's."""
     def ratio(idx):
         q, kl = quantile[idx].mean().item(), kl_ref[idx].mean().item()
         bon = bon_kl_at(q, curve_kl[idx].mean(0).numpy(), curve_q[idx].mean(0).numpy())

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .algorithms import Algorithm, Bond, GlobalBatch, JBond
 from .best_of_n import bon_probs, exact_quantiles, kl, log_bon_ratio
+from .fronts import interp_within
 from .losses import (
     backward_kl_loss,
     ema_update_,
@@ -118,13 +119,14 @@ def at_first(history: list[dict], key: str, value: float) -> dict | None:
 def front_ratio(history: list[dict], curve: tuple[list[float], list[float]], grid=FRONT_QUANTILES) -> tuple[float, float]:
     """How far above the Best-of-N curve a trajectory runs: the mean over the quantiles q of ``grid`` of
     KL(π‖π_ref) / KL_BoN(q), the KL taken where the trajectory first reaches q (1 = on the curve).
-    Returns (that mean over the q reached, the fraction of ``grid`` reached)."""
+    Returns (that mean over the q reached, the fraction of ``grid`` reached). A grid point beyond the
+    curve's ends is refused (ValueError), not read at the curve's last KL."""
     ratios = []
     for q in grid:
         point = at_first(history, "quantile", q)
         if point is None:
             break
-        ratios.append(point["kl_ref"] / float(np.interp(q, *curve)))
+        ratios.append(point["kl_ref"] / interp_within(q, np.asarray(curve[0]), np.asarray(curve[1]), "front_ratio's quantile"))
     return (float(np.mean(ratios)) if ratios else float("nan")), len(ratios) / len(grid)
 
 

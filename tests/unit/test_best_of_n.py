@@ -88,6 +88,24 @@ def test_log_quantile_reward_with_ties_is_the_estimated_bon_ratio():
     assert got.item() == pytest.approx(math.log(le**2 + lt * le + lt**2), rel=1e-6)
 
 
+def test_log_quantile_reward_is_biased_where_p_is_small():
+    """The add-one estimate is not unbiased for log π_BoN/π_ref: with j ~ Binomial(k, p) reference samples
+    below y, E[(N−1)·log((1+j)/(k+1))] − (N−1)·log p is 2.17 nats at p = 0.1, k = 16, N = 8 (the log of
+    a noisy ratio, Jensen, plus the add-one shift), 0.21 at p = 0.5; a larger k shrinks it. Exact: the
+    expectation is a sum over j of the estimator itself, weighted by the binomial law."""
+    def bias(p, k, n):
+        total = 0.0
+        for j in range(k + 1):
+            ref = torch.tensor([[0.0] * j + [2.0] * (k - j)])  # j below r(y) = 1, k − j above
+            total += math.comb(k, j) * p**j * (1 - p) ** (k - j) * log_quantile_reward(torch.tensor([1.0]), ref, n).item()
+        return total - (math.log(n) + (n - 1) * math.log(p))
+
+    # float32 output (the estimator's dtype): 1e-6 relative on |values| ≤ 20 nats.
+    assert bias(0.1, 16, 8) == pytest.approx(2.1729, abs=1e-3)
+    assert bias(0.5, 16, 8) == pytest.approx(0.2125, abs=1e-3)
+    assert bias(0.1, 256, 8) < 0.3 < bias(0.1, 16, 8)
+
+
 def test_log_bon_ratio_is_log_n_plus_n_minus_1_log_p_without_ties():
     p = torch.tensor([0.01, 0.5, 1.0], dtype=F64)
     for n in (1, 2, 7, 300):  # large N stays finite in log space
