@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from megatron_bond.config import ConfigError, load_config
+from megatron_bond.config import ConfigError, ModelConfig, load_config
 from megatron_bond.errors import RunError
 from megatron_bond.runtime.distributed import DistributedSetupError, nccl_environment
 
@@ -20,11 +20,18 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 
 def _config(args: argparse.Namespace) -> int:
-    from megatron_bond.config.validate import check_rollout_fits
+    import torch
+
+    from megatron_bond.resolve import resolve_present
 
     cfg = load_config(*_recipe_and_overrides(args))
-    if not cfg.policy.ckpt:  # with a checkpoint, its context decides (checked when a run resolves it)
-        check_rollout_fits(cfg)
+    # train's checks before it builds a model (the checkpoints' architecture, the engine's layout), with
+    # this machine's device deciding the training dtype as it would for train here.
+    _, absent = resolve_present(cfg, on_gpu=torch.cuda.is_available())
+    for key in absent:
+        how = ("the architecture is checked when train reads it" if key == "policy.ckpt" and cfg.model == ModelConfig()
+               else "checked with the recipe's model section")
+        print(f"({key} {getattr(cfg, key.split('.')[0]).ckpt} not found here: {how})", file=sys.stderr)
     if args.get is None:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -225,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix = f"[rank {_rank()}] " if _rank() else ""
             print(f"megatron-bond: {prefix}{err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handling starts (train: signals.py), or in a command
+        print("megatron-bond: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `megatron-bond config ... | head`: the reader left, nothing to say
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

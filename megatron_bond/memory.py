@@ -472,6 +472,10 @@ def format_plan(pl: Plan, change: str | None) -> str:
                  f"({_size(pl.capacity).strip()} less {HEADROOM:.0%} kept free)")
     verdict = "fits" if pl.fits else "does NOT fit"
     if not pl.fits:
-        verdict += f"; smallest change that fits: {change}" if change else "; no single change found: rethink the layout"
+        # No single change: say by how much it misses, and what combined changes or a larger GPU would need.
+        verdict += f"; smallest change that fits: {change}" if change else (
+            f"; no single change found: {pl.peak_phase} needs {_size(pl.total).strip()} of {_size(pl.usable).strip()} "
+            f"usable; combine changes (parallel.recompute=true with a larger parallel.tp or parallel.pp, more nodes) "
+            f"or use GPUs of at least {math.ceil(pl.total / (1 - HEADROOM) / GiB)} GB")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)

@@ -10,5 +10,7 @@ import sys
 from megatron_bond.convert.convert import hf_to_megatron
 from megatron_bond.convert.tool import run_tool
 
+SOURCE = "--hf-dir"  # the input directory's option (tests/unit/test_readme_commands.py parses with it)
+
 if __name__ == "__main__":  # the guard matters: dist_checkpointing.save starts helper processes
-    sys.exit(run_tool(__doc__, "--hf-dir", hf_to_megatron))
+    sys.exit(run_tool(__doc__, SOURCE, hf_to_megatron))

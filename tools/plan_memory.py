@@ -11,34 +11,31 @@ fits, 1 when it does not (with the smallest change that would), 2 for bad input.
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
-from megatron_bond.config import ConfigError, load_config
+from megatron_bond.config import ConfigError, ModelConfig, load_config
 from megatron_bond.memory import Allocation, format_plan, plan, smallest_change
-from megatron_bond.resolve import resolve_config
+from megatron_bond.resolve import resolve_present
 
 
 def _allocation(args) -> Allocation:
-    if args.nodes < 1 or args.gpus_per_node < 0 or not args.gpu_memory_gb > 0:
-        raise ConfigError(f"--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gb > 0 (got {args.nodes}, "
+    if args.nodes < 1 or args.gpus_per_node < 0 or not 0 < args.gpu_memory_gb < math.inf:
+        raise ConfigError(f"--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gb a finite number > 0 (got {args.nodes}, "
                           f"{args.gpus_per_node}, {args.gpu_memory_gb})")
     return Allocation(args.nodes, max(1, args.gpus_per_node), args.gpu_memory_gb)
 
 
 def _check_layout(cfg, alloc: Allocation) -> None:
-    """What the trainer would refuse at start: the world against TP·PP, the batch against DP, a layout the
-    rollout engine cannot serve."""
+    """What the trainer would refuse at start given the allocation: the world against TP·PP, the batch
+    against DP (the config alone: resolve_present)."""
     mp = cfg.parallel.tp * cfg.parallel.pp
     if alloc.world % mp:
         fitting = [n for n in range(1, mp + 1) if n * alloc.gpus_per_node % mp == 0]
         raise ConfigError(f"{alloc.world} ranks ({alloc.nodes} × {alloc.gpus_per_node}) cannot hold tp·pp = {mp}: "
                           f"the recipe's layout needs a multiple of {fitting[0]} nodes of {alloc.gpus_per_node}")
     cfg.check_batch_split(alloc.world // mp)
-    if cfg.rollout.engine == "vllm":
-        from megatron_bond.rollout.vllm_engine import check_layout
-
-        check_layout(cfg)
 
 
 def main() -> int:
@@ -54,21 +51,18 @@ def main() -> int:
         alloc = _allocation(args)
         on_gpu = args.gpus_per_node > 0 and not args.cpu
         recipe = load_config(args.recipe, args.overrides)
-        here = {name: bool(path) and Path(path, "megatron_bond.json").is_file()
-                for name, path in (("policy", recipe.policy.ckpt), ("reward", recipe.reward.ckpt))}
-        # A checkpoint that is not on this machine is planned from the recipe's model section.
-        cfg = resolve_config(dataclasses.replace(
-            recipe, policy=dataclasses.replace(recipe.policy, ckpt=recipe.policy.ckpt if here["policy"] else None),
-            reward=dataclasses.replace(recipe.reward, ckpt=recipe.reward.ckpt if here["reward"] else None),
-        ), on_gpu=on_gpu, check=False)
+        if recipe.policy.ckpt and not Path(recipe.policy.ckpt).exists() and recipe.model == ModelConfig():
+            raise ConfigError(f"policy.ckpt {recipe.policy.ckpt} is not here and the recipe has no model section: "
+                              "nothing to plan (keep the model section, or plan where the checkpoint is)")
+        cfg, absent = resolve_present(recipe, on_gpu=on_gpu, check=False)
         reward = None
-        if here["reward"]:
-            from megatron_bond.models.checkpoint import read_checkpoint_config
-
-            reward = read_checkpoint_config(recipe.reward.ckpt, check=False).model
-        elif recipe.reward.ckpt:
+        if "reward.ckpt" in absent:
             reward = dataclasses.replace(cfg.model, reward_head=True)
             print(f"(reward model {recipe.reward.ckpt} not found here: planned as the policy's size)")
+        elif cfg.reward.ckpt:
+            from megatron_bond.models.checkpoint import read_checkpoint_config
+
+            reward = read_checkpoint_config(cfg.reward.ckpt, check=False).model
         if reward is not None:  # it runs in the training dtype, beside the policy
             reward = dataclasses.replace(reward, params_dtype=cfg.model.params_dtype)
         _check_layout(cfg, alloc)

@@ -11,13 +11,19 @@ from pathlib import Path
 
 from megatron_bond.config import schema
 from megatron_bond.config.errors import ConfigError
-from megatron_bond.config.parse import apply_overrides, read_recipe
+from megatron_bond.config.parse import apply_overrides, read_recipe, replace_recipe_choices
+from megatron_bond.config.run import REWARD_SOURCES
 from megatron_bond.config.schema import *  # noqa: F403  (Config and its section classes)
 
 __all__ = [*schema.__all__, "ConfigError", "apply_overrides", "load_config"]
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a recipe YAML (or the defaults), apply overrides, and validate."""
-    data = apply_overrides(read_recipe(recipe), list(overrides or []))
-    return Config.from_dict(data).validate()
+    """Read a recipe YAML (or the defaults), apply overrides (a reward source given replaces the recipe's;
+    ``~key`` deletes one), and validate."""
+    overrides = list(overrides or [])
+    data = apply_overrides(read_recipe(recipe), overrides)
+    replace_recipe_choices(data, overrides, {"reward": REWARD_SOURCES})
+    cfg = Config.from_dict(data)
+    # With policy.ckpt the architecture is the checkpoint's (resolve.py checks it, resolved, with the rest).
+    return cfg.validate(architecture=not cfg.policy.ckpt)

@@ -66,11 +66,15 @@ def build(cls, data: Any, prefix: str = ""):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a nested dict; values are parsed as YAML scalars."""
+    """Apply ``a.b=value`` overrides to a nested dict (values parsed as YAML scalars) and ``~a.b``
+    deletions (Hydra's syntax: the key or section goes, and its default applies)."""
     for item in overrides:
+        if item.startswith("~"):
+            _delete(data, item[1:])
+            continue
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"config: override {item!r} is not of the form key=value")
+            raise ConfigError(f"config: override {item!r} is not of the form key=value (or ~key to delete one)")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -84,15 +88,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _delete(data: dict[str, Any], key: str) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not key or not isinstance(node, dict) or leaf not in node:
+        raise ConfigError(f"config: override ~{key}: the recipe sets no such key to delete")
+    del node[leaf]
+
+
+def replace_recipe_choices(data: dict[str, Any], overrides: list[str], choices: dict[str, tuple[str, ...]]) -> None:
+    """Keys of which one is given at most (``choices``: section -> keys; the reward's sources): one set on
+    the command line replaces the recipe's, so ``reward.url=...`` works on a recipe that names
+    ``reward.ckpt``. Two given on the command line stay, for validation to name."""
+    given = {item.partition("=")[0] for item in overrides if not item.startswith("~")}
+    for section, keys in choices.items():
+        chosen = [k for k in keys if f"{section}.{k}" in given and _get(data, section, k) is not None]
+        if chosen and isinstance(data.get(section), dict):
+            for k in keys:
+                if k not in chosen and data[section].get(k) is not None:
+                    data[section][k] = None
+
+
+def _get(data: dict[str, Any], section: str, key: str) -> Any:
+    node = data.get(section)
+    return node.get(key) if isinstance(node, dict) else None
+
+
 def read_recipe(recipe: str | Path | None) -> dict[str, Any]:
     """A recipe YAML as a nested dict ({} for none); syntax errors name file:line."""
     if recipe is None:
         return {}
     path = Path(recipe)
+    if path.is_dir():
+        raise ConfigError(f"config: recipe {path} is a directory: give a YAML file (e.g. recipes/tiny_cpu.yaml)")
     if not path.is_file():
         raise ConfigError(f"config: recipe {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: recipe {path} is not UTF-8 text (byte {err.start}): give a YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -37,7 +37,7 @@ RANGES = {
     "rollout.truncated_reward": "(-inf, inf)", "rollout.vllm_memory_fraction": "(0, 1]",
     "rollout.score_max_tokens_per_microbatch": "[1, inf)", "rollout.max_kv_tokens": "[1, inf)",
     "reward.max_tokens_per_microbatch": "[1, inf)", "train.max_tokens_per_microbatch": "[1, inf)",
-    "train.steps": "[1, inf)", "train.global_batch_size": "[1, inf)", "train.eval_every": "[0, inf)",
+    "logging.log_every": "[1, inf)", "train.steps": "[1, inf)", "train.global_batch_size": "[1, inf)", "train.eval_every": "[0, inf)",
     "train.eval_ref_samples": "[1, inf)", "train.max_skipped_steps": "[1, inf)",
     "checkpoint.every": "[0, inf)", "checkpoint.keep_last": "[1, inf)",
 }

@@ -42,6 +42,9 @@ class RewardConfig:
     token_env: Optional[str] = None  # the environment variable holding a bearer token (url)
 
 
+REWARD_SOURCES = ("ckpt", "function", "url")  # one at most; one given on the command line replaces the recipe's
+
+
 @dataclass
 class DataConfig:
     """Prompts from local files through HF datasets (jsonl, json, parquet, or a saved dataset directory);
@@ -51,7 +54,8 @@ class DataConfig:
     eval_path: Optional[str] = None  # held-out prompts; None: eval_size prompts held out of `path`
     text_field: str = "text"  # tokenized with the policy checkpoint's SentencePiece tokenizer
     tokens_field: str = "tokens"  # used instead where rows carry token ids
-    chat_template: bool = False  # wrap text in Gemma's user turn and open the model turn
+    messages_field: str = "messages"  # or a conversation, [{"role", "content"}, ...], in the chat format
+    chat_template: bool = False  # wrap text in the checkpoint's chat template (else Gemma's turns), opening the model turn
     max_prompt_tokens: int = 64  # longer prompts are dropped (and counted)
     eval_size: int = 32
     num_prompts: int = 512  # tiny run only: how many prompts to generate
@@ -113,6 +117,9 @@ EVAL_METRICS = ("quantile/ref", "kl/ref", "reward/policy", "kl/bon_at_quantile")
 class LoggingConfig:
     wandb_mode: Literal["online", "offline", "disabled"] = "offline"
     wandb_project: str = "megatron-bond"
-    progress: bool = True  # a tqdm bar with ETA and the step's phases on rank 0
+    # Rank 0's progress: on a terminal a tqdm bar with ETA and the step's phases; in a log file (Slurm, a pipe)
+    # one line every log_every steps and one per evaluation (train/metrics.py).
+    progress: bool = True
+    log_every: int = 10
     samples: bool = True  # each evaluation's held-out samples in RUN_DIR/samples/step-N.jsonl (and a wandb Table)
     tensorboard: bool = False  # every metric also as TensorBoard events in RUN_DIR/tb/ (the [tensorboard] extra)

@@ -48,8 +48,8 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         return build(cls, data)
 
-    def validate(self) -> "Config":
-        validate(self)
+    def validate(self, architecture: bool = True) -> "Config":
+        validate(self, architecture)
         return self
 
     def check_batch_split(self, dp: int) -> None:

@@ -7,11 +7,13 @@ from megatron_bond.bond.algorithms import ALGORITHMS
 from megatron_bond.config.errors import ConfigError
 from megatron_bond.config.model import LORA_TARGETS
 from megatron_bond.config.ranges import check_ranges
-from megatron_bond.config.run import EVAL_METRICS
+from megatron_bond.config.run import EVAL_METRICS, REWARD_SOURCES
 
 
-def validate(cfg) -> None:
-    """Cross-key rules and ranges (one-line ConfigError naming the key), before any process group."""
+def validate(cfg, architecture: bool = True) -> None:
+    """Cross-key rules and ranges (one-line ConfigError naming the key), before any process group.
+    ``architecture=False``: not the model section's rules against itself and the layout (a recipe with
+    policy.ckpt, whose architecture is the checkpoint's: checked once resolved)."""
     values = cfg.to_dict()
     check_ranges(values)
     for key in cfg.run.allow_changed:
@@ -20,6 +22,41 @@ def validate(cfg) -> None:
             _require(isinstance(node, dict) and part in node, "run.allow_changed", f"{key!r} is not a config key or section")
             node = node[part]
     m, p = cfg.model, cfg.parallel
+    if architecture:
+        _check_architecture(m, p)
+    # Rollouts and scoring run forward-only microbatches whose count is any divisor of the rows, which
+    # megatron-core's interleaved schedule cannot run; training would need one data iterator per chunk.
+    _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
+             "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
+    _check_lora_choices(cfg)
+    _require(cfg.rollout.engine != "vllm" or p.pp == 1, "rollout.engine",
+             f"vllm runs at pipeline size 1 (got pp={p.pp}): vLLM's stages would not be Megatron's; use tensor "
+             "parallelism, or rollout.engine=native")
+    b = cfg.bond
+    modes = ALGORITHMS[b.algorithm].anchor_modes
+    _require(b.anchor == "auto" or b.anchor in modes, "bond.anchor",
+             f"{b.algorithm} takes bond.anchor in {list(modes)} (or auto: {modes[0]})")
+    sources = [f"reward.{k}" for k in REWARD_SOURCES if getattr(cfg.reward, k) is not None]
+    _require(len(sources) <= 1, "reward", f"{len(sources)} sources are given ({', '.join(sources)}): one at most "
+             "(on the command line, one source replaces the recipe's; reward.KEY=null removes one)")
+    c = cfg.checkpoint
+    _require(not c.export_hf or cfg.policy.ckpt, "checkpoint.export_hf",
+             "needs policy.ckpt (a converted Hugging Face model: its hf/ files are the export's config and tokenizer)")
+    _require(c.keep_best is None or c.export_hf, "checkpoint.keep_best", "needs checkpoint.export_hf")
+    _require(c.keep_best is None or c.keep_best in EVAL_METRICS, "checkpoint.keep_best",
+             f"{c.keep_best!r} is not an evaluation metric (one of {', '.join(EVAL_METRICS)})")
+    _require(cfg.reward.url is None or cfg.reward.url.startswith(("http://", "https://")), "reward.url",
+             f"{cfg.reward.url!r} must start with http:// or https://")
+    _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",
+             f"{cfg.reward.function!r} must be 'module:function'")
+    t, r, o = cfg.train, cfg.rollout, cfg.optimizer
+    _require(o.min_lr <= o.lr, "optimizer.min_lr", f"must be <= optimizer.lr ({o.lr})")
+    _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
+             "the leave-one-out baseline needs at least 2 prompts per step")
+
+
+def _check_architecture(m, p) -> None:
+    """The model section against itself and the layout."""
     groups = m.num_query_groups or m.num_attention_heads
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", "needs tp > 1")
     _require(
@@ -69,32 +106,7 @@ def validate(cfg) -> None:
             f"pp={p.pp} must divide model.num_layers={m.num_layers} "
             "(or set parallel.first_stage_layers / last_stage_layers)",
         )
-    # Rollouts and scoring run forward-only microbatches whose count is any divisor of the rows, which
-    # megatron-core's interleaved schedule cannot run; training would need one data iterator per chunk.
-    _require(p.vpp is None, "parallel.vpp", "the interleaved (virtual) pipeline schedule is not supported: "
-             "leave it unset (use parallel.first_stage_layers / last_stage_layers for uneven stages)")
-    _check_lora_choices(cfg)
-    b = cfg.bond
-    modes = ALGORITHMS[b.algorithm].anchor_modes
-    _require(b.anchor == "auto" or b.anchor in modes, "bond.anchor",
-             f"{b.algorithm} takes bond.anchor in {list(modes)} (or auto: {modes[0]})")
-    _require(sum(x is not None for x in (cfg.reward.ckpt, cfg.reward.function, cfg.reward.url)) <= 1, "reward",
-             "give one of reward.ckpt, reward.function and reward.url")
-    c = cfg.checkpoint
-    _require(not c.export_hf or cfg.policy.ckpt, "checkpoint.export_hf",
-             "needs policy.ckpt (a converted Hugging Face model: its hf/ files are the export's config and tokenizer)")
-    _require(c.keep_best is None or c.export_hf, "checkpoint.keep_best", "needs checkpoint.export_hf")
-    _require(c.keep_best is None or c.keep_best in EVAL_METRICS, "checkpoint.keep_best",
-             f"{c.keep_best!r} is not an evaluation metric (one of {', '.join(EVAL_METRICS)})")
-    _require(cfg.reward.url is None or cfg.reward.url.startswith(("http://", "https://")), "reward.url",
-             f"{cfg.reward.url!r} must start with http:// or https://")
-    _require(cfg.reward.function is None or ":" in cfg.reward.function, "reward.function",
-             f"{cfg.reward.function!r} must be 'module:function'")
-    t, r, o = cfg.train, cfg.rollout, cfg.optimizer
-    _require(o.min_lr <= o.lr, "optimizer.min_lr", f"must be <= optimizer.lr ({o.lr})")
     _require(m.pad_token_id < m.vocab_size, "model.pad_token_id", f"must be below model.vocab_size ({m.vocab_size})")
-    _require(t.global_batch_size >= 2 or b.algorithm == "reinforce", "train.global_batch_size",
-             "the leave-one-out baseline needs at least 2 prompts per step")
 
 
 def check_rollout_fits(cfg) -> None:

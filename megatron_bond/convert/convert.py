@@ -3,6 +3,7 @@
 HF -> Megatron streams one HF tensor at a time into the TP=1 model, then saves a distributed checkpoint
 that loads at any TP/PP. Megatron -> HF loads any checkpoint (whatever layout saved it) at TP=1 and
 streams the tensors out in 5 GiB safetensors shards. Either way the output appears only when complete.
+The progress bars show on a terminal only (in a log file they would be one \r-joined line).
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from megatron_bond.convert.hf_io import SafetensorsReader, SafetensorsWriter, co
 from megatron_bond.convert.lora_export import merge_adapters, write_peft
 from megatron_bond.convert.mapping import VocabMismatch, expected_shapes, to_hf, to_megatron
 from megatron_bond.convert.staging import staged_output
-from megatron_bond.models.checkpoint import load_model_checkpoint, read_checkpoint_config, save_model_checkpoint
+from megatron_bond.models.checkpoint import (
+    first_non_finite,
+    load_model_checkpoint,
+    read_checkpoint_config,
+    save_model_checkpoint,
+)
 from megatron_bond.models.hf_config import (
     is_vision_tensor,
     language_model_config,
     model_config_from_hf,
     read_hf_config,
 )
+from megatron_bond.models.tokenizer import read_text_side
 from megatron_bond.runtime import destroy_distributed, init_distributed
 
 # HF tensors that carry nothing the Megatron model lacks (tied output layer, RoPE caches).
@@ -107,6 +114,15 @@ def _check_head_dim(hf_dir: Path, raw: dict, plan, reader: SafetensorsReader, m)
                       f"{m.kv_channels})")
 
 
+def _check_tokenizer(hf_dir: Path, vocab_size: int) -> None:
+    """The tokenizer files travel with the checkpoint and text prompts need them later: a damaged one, or
+    one with more ids than the embedding has rows, is refused now rather than at the first training run."""
+    text = read_text_side(hf_dir)
+    if text.tokenizer is not None and text.tokenizer.size() > vocab_size:
+        raise ConfigError(f"{hf_dir}: the tokenizer has {text.tokenizer.size()} ids, the model's vocabulary "
+                          f"{vocab_size}: not this model's tokenizer")
+
+
 def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Config:
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -118,6 +134,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     reader = SafetensorsReader(hf_dir)
     plan = _plan(reader, cfg, multimodal)
     _check_head_dim(hf_dir, raw, plan, reader, cfg.model)
+    _check_tokenizer(hf_dir, cfg.model.vocab_size)
     with staged_output(out_dir, overwrite, inputs=(hf_dir,)) as tmp:
         init_distributed(ParallelConfig(), seed=cfg.run.seed)
         try:
@@ -133,9 +150,14 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
                 if shape != tuple(params[mk].shape):
                     raise ConfigError(f"{hf_dir / 'config.json'} does not match the weights: {hk[0]} maps to "
                                       f"shape {shape}, the config's model has {tuple(params[mk].shape)}")
-            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor"):
+            for mk, hk, kind in tqdm(plan, desc="HF -> Megatron", unit="tensor", disable=None):
+                tensors = {k: reader.get(k) for k in hk}
+                bad = first_non_finite(tensors)
+                if bad is not None:
+                    raise ConfigError(f"{hf_dir}: {bad} holds non-finite values (NaN or inf): nothing trains from "
+                                      "it; fix or re-download the weights")
                 with torch.no_grad():
-                    params[mk].copy_(to_megatron(kind, [reader.get(k) for k in hk], cfg.model))
+                    params[mk].copy_(to_megatron(kind, list(tensors.values()), cfg.model))
                 unset.discard(mk)
             unset = {k for k in unset if not k.startswith("output_layer.") or not cfg.model.tie_embeddings}
             if unset:
@@ -154,8 +176,12 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
     """A LoRA checkpoint's adapters are merged into the exported weights; ``peft_dir`` also writes them
     as a PEFT adapter directory for the base model."""
     cfg = read_checkpoint_config(ckpt_dir, ParallelConfig())
-    if not (Path(ckpt_dir) / "hf" / "config.json").is_file():
-        raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint to export with")
+    hf_dir = Path(ckpt_dir) / "hf"
+    if not (hf_dir / "config.json").is_file() and cfg.policy.ckpt:  # a training checkpoint: its run's source
+        hf_dir = Path(cfg.policy.ckpt) / "hf"
+    if not (hf_dir / "config.json").is_file():
+        raise ConfigError(f"{ckpt_dir}: no hf/config.json beside the checkpoint (nor in its run's policy.ckpt) to "
+                          "export with")
     if peft_dir is not None and not cfg.model.lora.enabled:
         raise ConfigError(f"--peft-dir: {ckpt_dir} holds no adapters (its model.lora.rank is 0)")
     with contextlib.ExitStack() as stack:
@@ -171,11 +197,11 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
                 params = merge_adapters(params, cfg.model)
             writer = SafetensorsWriter(tmp)
             plan = [(mk, hk, r.kind) for r in rules_for(cfg.model) for mk, hk in r.expand(cfg.model.num_layers)]
-            for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor"):
+            for mk, hk, kind in tqdm(plan, desc="Megatron -> HF", unit="tensor", disable=None):
                 for name, tensor in zip(hk, to_hf(kind, params[mk], cfg.model)):
                     writer.add(name, tensor.clone())
             writer.close()
         finally:
             destroy_distributed()
-        copy_side_files(Path(ckpt_dir) / "hf", tmp)
+        copy_side_files(hf_dir, tmp)
     return cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def _open(path: Path):
         raise ConfigError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def _as_other_outputs(path: Path) -> None:
+    """safetensors creates its files 0600: give them the mode the umask gives every other output (0644
+    under the usual 022), so a team's group can read an exported model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 class SafetensorsWriter:
     """Writes tensors into ~5 GiB shards as they come, then the index (as transformers does)."""
 
@@ -83,6 +92,7 @@ class SafetensorsWriter:
         if self.pending:
             name = f"model-{len(self.files) + 1:05d}.safetensors"
             save_file(self.pending, self.dir / name, metadata={"format": "pt"})
+            _as_other_outputs(self.dir / name)
             self.files.append(name)
             self.weight_map.update({k: name for k in self.pending})
             self.pending, self.size = {}, 0

@@ -20,16 +20,20 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_tool(doc: str, src_flag: str, convert: Callable, options: dict[str, str] | None = None) -> int:
+def tool_parser(name: str, doc: str, src_flag: str, options: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """``options``: optional path flags of this tool (flag -> help), passed to ``convert`` as keywords."""
-    name = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
     p = argparse.ArgumentParser(prog=name, description=doc.split("\n")[0])
     p.add_argument(src_flag, required=True, dest="src", help="the directory to convert (read only, never modified)")
     p.add_argument("--out-dir", required=True, help="the directory to write (appears only when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-dir (never an input)")
     for flag, help in (options or {}).items():
         p.add_argument(flag, help=help)
-    args = p.parse_args()
+    return p
+
+
+def run_tool(doc: str, src_flag: str, convert: Callable, options: dict[str, str] | None = None) -> int:
+    name = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py")
+    args = tool_parser(name, doc, src_flag, options).parse_args()
     extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in options or {}}
     signal.signal(signal.SIGINT, _interrupt)
     try:

@@ -22,11 +22,18 @@ from megatron_bond.models.lora import init_adapters, is_adapter
 CONFIG_FILE = "megatron_bond.json"
 
 
-def _sharded(chunks, adapters: bool = True) -> dict:
+def _sharded(chunks, prefix: str = "", adapters: bool = True) -> dict:
     # One entry per virtual-pipeline chunk: their local module names collide, their global keys do not.
     # ``adapters=False``: the base's tensors only (a converted checkpoint under a LoRA model).
-    return {f"chunk{i}": {k: v for k, v in canonical(chunk.sharded_state_dict()).items() if adapters or not is_adapter(k)}
+    return {f"chunk{i}": {k: v for k, v in canonical(chunk.sharded_state_dict(prefix=prefix)).items()
+                          if adapters or not is_adapter(k)}
             for i, chunk in enumerate(chunks)}
+
+
+def _training_step(ckpt_dir: str | Path) -> bool:
+    """A training checkpoint (RUN_DIR/checkpoints/step_N, train/state.py): its config in config.json, its
+    policy under "policy." keys of dist/ (beside the anchor and the optimizer state)."""
+    return (Path(ckpt_dir) / "trainer.json").is_file()
 
 
 def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
@@ -40,9 +47,10 @@ def save_model_checkpoint(chunks, cfg: Config, ckpt_dir: str | Path) -> None:
 
 
 def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None = None, check: bool = True) -> Config:
-    """The config a checkpoint was saved with (``parallel`` replaced), after checking that its tensors are
+    """The config a checkpoint (or a training checkpoint, for its policy) was saved with (``parallel`` replaced), after checking that its tensors are
     complete (``check=False``: the config alone, for a planner on a machine without the weights)."""
-    path = Path(ckpt_dir) / CONFIG_FILE
+    training = _training_step(ckpt_dir)
+    path = Path(ckpt_dir) / ("config.json" if training else CONFIG_FILE)
     if not path.is_file():
         raise ConfigError(f"{ckpt_dir}: not a megatron-bond checkpoint (no {CONFIG_FILE})")
     try:
@@ -53,7 +61,7 @@ def read_checkpoint_config(ckpt_dir: str | Path, parallel: ParallelConfig | None
         cfg = dataclasses.replace(cfg, parallel=parallel)
     cfg = cfg.validate()
     if check:  # here, before any process group exists: a damaged checkpoint is one line from one rank
-        check_complete(Path(ckpt_dir) / "model")
+        check_complete(Path(ckpt_dir) / ("dist" if training else "model"))
     return cfg
 
 
@@ -80,20 +88,52 @@ def check_complete(dist_dir: str | Path) -> None:
             raise ConfigError(f"{path} is truncated ({path.stat().st_size} of {size} bytes): the checkpoint is incomplete")
 
 
+def _named_tensors(state, prefix: str = ""):
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _named_tensors(value, f"{prefix}[{i}]")
+
+
+def first_non_finite(state) -> str | None:
+    """The name of the first floating-point tensor in ``state`` (nested dicts / lists) holding a NaN or inf."""
+    return next((name for name, t in _named_tensors(state) if t.is_floating_point() and not torch.isfinite(t).all()),
+                None)
+
+
+def refuse_non_finite(state, where: str, group) -> None:
+    """After a load: corrupted bytes in a shard load as NaN weights, which would train (or score) silently
+    into NaN. Every rank checks its own shards and all agree over ``group`` (one all-reduce), so the ranks
+    refuse together instead of leaving the others waiting."""
+    bad = first_non_finite(state)
+    flag = torch.tensor([0 if bad is None else 1], device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=group)
+    if flag.item():
+        what = f"{bad} holds" if bad else "another rank's tensors hold"
+        raise ConfigError(f"{where}: {what} non-finite values (NaN or inf): the checkpoint is damaged")
+
+
 def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
-    """Build the model at ``cfg.parallel`` (process groups already initialised) and load its weights
-    (from a checkpoint that read_checkpoint_config has found complete)."""
+    """Build the model at ``cfg.parallel`` (process groups already initialised; every rank loads) and
+    load its weights (a training checkpoint's: its policy) (from a checkpoint that read_checkpoint_config has found complete), refusing
+    non-finite ones."""
     from megatron_bond.models.gpt import build_model
 
     chunks = build_model(cfg, initialize=False)
     # Adapters load from a checkpoint that has them (its config says so; resolve.py lets no run train
     # adapters on one), else start fresh: the model is then its base.
     saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
-    state = dist_checkpointing.load(_sharded(chunks, adapters=saved), str(Path(ckpt_dir) / "model"))
+    prefix, folder = ("policy.", "dist") if _training_step(ckpt_dir) else ("", "model")
+    state = dist_checkpointing.load(_sharded(chunks, prefix, adapters=saved), str(Path(ckpt_dir) / folder))
+    refuse_non_finite(state, str(ckpt_dir), torch.distributed.group.WORLD)
     for i, chunk in enumerate(chunks):
         # A base checkpoint under a LoRA model: the adapters keep the values they are about to get.
         own = {} if saved else {k: v for k, v in chunk.state_dict().items() if is_adapter(k)}
-        load_module_state(chunk, {**own, **state[f"chunk{i}"]})
+        load_module_state(chunk, {**own, **{k[len(prefix):]: v for k, v in state[f"chunk{i}"].items()}})
     if cfg.model.lora.enabled and not saved:
         init_adapters(chunks, cfg.run.seed)
     return chunks

@@ -127,13 +127,10 @@ class EngineDied(RuntimeError):
 
 
 def check_layout(cfg) -> None:
-    """What the engine refuses in the config alone (tools/plan_memory.py checks it too)."""
+    """What the engine refuses in the resolved config alone (its pipeline size: config/validate.py)."""
     if cfg.model.family == "gpt":
         raise ConfigError("rollout.engine=vllm: the gpt family has no Hugging Face architecture for vLLM to run; "
                           "use a Gemma checkpoint, or rollout.engine=native")
-    if cfg.parallel.pp > 1 or cfg.parallel.vpp:
-        raise ConfigError(f"rollout.engine=vllm runs at pipeline size 1 (got pp={cfg.parallel.pp}): vLLM's "
-                          "stages would not be Megatron's; use tensor parallelism, or rollout.engine=native")
 
 
 def check_supported(cfg, hf_dir: Path | None) -> None:

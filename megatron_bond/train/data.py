@@ -13,8 +13,6 @@ from megatron_bond.config import Config, ConfigError
 from megatron_bond.jsonl import check_token_ids
 from megatron_bond.models.tokenizer import TINY_BOS, TextSide
 
-# Gemma's chat format: a user turn, then the opening of the model's turn that the policy completes.
-GEMMA_USER_TURN = "<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -23,6 +21,7 @@ class Prompts:
     train: list[list[int]]
     eval: list[list[int]]
     dropped: int  # prompts longer than the limit, left out
+    empty: int = 0  # prompts with no text (BOS alone would train), left out
 
 
 def _dataset(path: str):
@@ -54,18 +53,34 @@ def _dataset(path: str):
         raise ConfigError(f"data: {path} could not be read ({detail})") from None
 
 
-def _tokenize(ds, cfg: Config, text: TextSide, path: str) -> list[list[int]]:
+def _tokenize(ds, cfg: Config, text: TextSide, path: str) -> tuple[list[list[int]], int]:
+    """Token ids of each row (``tokens``, a conversation in ``messages``, or ``text``), and how many rows
+    had no text (left out: a prompt of BOS alone says nothing)."""
     d = cfg.data
     if d.tokens_field in ds.column_names:
         rows = ds[d.tokens_field]
         for i, row in enumerate(rows):
             check_token_ids(row, cfg.model.vocab_size, f"{path}: row {i} field {d.tokens_field!r}")
-        return [list(r) for r in rows]
-    if d.text_field not in ds.column_names:
-        raise ConfigError(f"data: {path} has neither a {d.tokens_field!r} nor a {d.text_field!r} field "
-                          f"(columns: {', '.join(ds.column_names)}): set data.text_field or data.tokens_field")
-    texts = [GEMMA_USER_TURN.format(text=t) if d.chat_template else t for t in ds[d.text_field]]
-    return text.encode(texts, f"data: {path}")
+        return [list(r) for r in rows], 0
+    if d.messages_field in ds.column_names:  # conversational rows: always in the chat format
+        where = f"data: {path}: field {d.messages_field!r}"
+        texts = []
+        for i, messages in enumerate(ds[d.messages_field]):
+            rendered = text.render_chat(messages, f"{where} row {i}")  # checks the rows' shape too
+            texts.append(rendered if any(m["content"].strip() for m in messages) else "")
+    elif d.text_field in ds.column_names:
+        raw = ds[d.text_field]
+        bad = next((i for i, t in enumerate(raw) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ConfigError(f"data: {path}: row {bad} field {d.text_field!r} is not a string: {raw[bad]!r}")
+        texts = [text.render_chat([{"role": "user", "content": t}], f"data: {path}") if d.chat_template and t.strip()
+                 else t for t in raw]
+    else:
+        raise ConfigError(f"data: {path} has no {d.tokens_field!r}, {d.messages_field!r} or {d.text_field!r} field "
+                          f"(columns: {', '.join(ds.column_names)}): set data.text_field, data.messages_field or "
+                          "data.tokens_field")
+    kept = [t for t in texts if t.strip()]
+    return text.encode(kept, f"data: {path}"), len(texts) - len(kept)
 
 
 def _keep(prompts: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
@@ -86,18 +101,20 @@ def load_prompts(cfg: Config, text: TextSide) -> Prompts:
                           f"in model.max_seq_length ({cfg.model.max_seq_length})")
     if d.path is None:
         return _tiny_prompts(cfg, limit)
-    rows, dropped = _keep(_tokenize(_dataset(d.path), cfg, text, d.path), limit)
+    tokens, empty = _tokenize(_dataset(d.path), cfg, text, d.path)
+    rows, dropped = _keep(tokens, limit)
     if d.eval_path:
-        held, dropped_eval = _keep(_tokenize(_dataset(d.eval_path), cfg, text, d.eval_path), limit)
-        train, dropped = rows, dropped + dropped_eval
+        tokens, empty_eval = _tokenize(_dataset(d.eval_path), cfg, text, d.eval_path)
+        held, dropped_eval = _keep(tokens, limit)
+        train, dropped, empty = rows, dropped + dropped_eval, empty + empty_eval
     else:  # a fixed, seeded choice of held-out prompts
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
         held = [rows[i] for i in order[: d.eval_size]]
         train = [rows[i] for i in sorted(order[d.eval_size :])]
     if not train or not held:
         raise ConfigError(f"data: {d.path}: {len(train)} training and {len(held)} held-out prompts of at most "
-                          f"{limit} tokens ({dropped} longer ones dropped): both must be non-empty")
-    return Prompts(train, held[: d.eval_size], dropped)
+                          f"{limit} tokens ({dropped} longer ones dropped, {empty} empty): both must be non-empty")
+    return Prompts(train, held[: d.eval_size], dropped, empty)
 
 
 def _tiny_prompts(cfg: Config, limit: int) -> Prompts:

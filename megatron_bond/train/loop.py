@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,11 +18,12 @@ from megatron_bond.errors import RunError
 from megatron_bond.runtime import destroy_distributed, init_distributed
 from megatron_bond.train.evaluate import evaluate
 from megatron_bond.train.hf_export import EXPORTS, HfExports
-from megatron_bond.train.metrics import METRICS_FILE, MetricsLog
+from megatron_bond.train.metrics import METRICS_FILE, MetricsLog, check_wandb_online
 from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
     CHECKPOINTS,
+    LATEST,
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
@@ -45,6 +50,23 @@ def prepare_output_dir(path: Path) -> bool:
     return created
 
 
+def lock_output_dir(path: Path) -> int | None:
+    """Rank 0 holds an exclusive lock on the output directory for the whole run (released when the process
+    ends, however it ends), so a second `train` on it is refused instead of interleaving metrics.jsonl and
+    checkpoints. Returns the locked descriptor (None on other ranks). flock on the directory itself: no
+    file is left behind."""
+    if not _first_rank():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"run.output_dir {path} is in use by another `megatron-bond train` (it holds the directory's "
+                          "lock): wait for it to end, or choose another run.output_dir") from None
+    return fd
+
+
 def _first_rank() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
@@ -53,13 +75,14 @@ def _announce(t: Trainer, resume_from: Path | None, start: int) -> None:
     cfg, d = t.cfg, t.dist
     if d.rank != 0:
         return
+    print(f"resolved config: {json.dumps(cfg.to_dict())}", flush=True)  # as saved in config.yaml
     if resume_from is not None:
         print(f"resuming from {resume_from} at step {start}", flush=True)
     algo = t.algorithm.describe()
     print(f"megatron-bond train: world {d.world_size} = tp {d.tp} × pp {d.pp} × dp {d.dp} ({d.backend}), "
           f"{cfg.model.family} {cfg.model.num_layers} layers, {cfg.model.params_dtype}; {algo}; "
           f"{len(t.prompts.train)} training / {len(t.prompts.eval)} held-out prompts "
-          f"({t.prompts.dropped} longer than the limit dropped); {cfg.train.steps} steps of "
+          f"({t.prompts.dropped} longer than the limit, {t.prompts.empty} empty dropped); {cfg.train.steps} steps of "
           f"{cfg.train.global_batch_size} prompts -> {cfg.run.output_dir}", flush=True)
 
 
@@ -78,19 +101,58 @@ def save_policy(t: Trainer, out_dir: Path) -> Path:
     return target
 
 
+def _no_space(err: BaseException) -> bool:
+    """A full disk, however the save reports it: an OSError, or torch's CheckpointException carrying each
+    rank's failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in f"{err} {getattr(err, 'failures', '')!r}":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _disk_full_in_one_line(out_dir: Path, step: int, rank: int):
+    """A save that fills the disk: its partial directory removed, one line (``latest`` still names the
+    previous complete checkpoint: state.py renames and points only after every rank's files are written)."""
+    try:
+        yield
+    except Exception as err:
+        if not _no_space(err):
+            raise
+        root = out_dir / CHECKPOINTS
+        if rank == 0:
+            shutil.rmtree(root / f".step_{step:07d}.partial", ignore_errors=True)
+        pointer = root / LATEST
+        previous = pointer.read_text().strip() if pointer.is_file() else "none yet"
+        raise RunError(f"step {step}: no space left on device while saving a checkpoint under {root}; latest still "
+                       f"names {previous}: free space (or lower checkpoint.keep_last) and start the same command "
+                       "again") from None
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
 def train(cfg: Config) -> Path:
     """Train from the start, or resume from ``latest`` in run.output_dir. Returns the output directory.
-    On SIGTERM / SIGUSR1 every rank saves a checkpoint and the run returns early (exit 0: Slurm requeues
-    and the next start resumes); ``PREEMPTED`` in the output directory says so."""
+    On SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) every rank saves a checkpoint and the run returns early (exit 0:
+    Slurm requeues and the next start resumes); ``PREEMPTED`` in the output directory says so."""
     cfg = resolve_config(cfg)
+    check_wandb_online(cfg)
     out_dir = Path(cfg.run.output_dir)
     created = prepare_output_dir(out_dir)
     try:
-        return _train(cfg, out_dir)
+        lock = lock_output_dir(out_dir)
+        try:
+            return _train(cfg, out_dir)
+        finally:
+            if lock is not None:
+                os.close(lock)
     except BaseException:
         # Bad input found before a fresh run's first metrics row leaves nothing behind; a run with rows
         # keeps everything (its metrics say what happened; checkpoints are for the resume).
@@ -105,6 +167,13 @@ def _train(cfg: Config, out_dir: Path) -> Path:
     resume_from = latest_checkpoint(out_dir)
     if resume_from is not None:
         check_resumable(resume_from, cfg)  # before any process group or model
+        done = json.loads((resume_from / "trainer.json").read_text())["step"]
+        if done >= cfg.train.steps and (out_dir / POLICY_DIR).is_dir():
+            if _first_rank():
+                print(f"{out_dir} is complete: step {done} of train.steps={cfg.train.steps}, policy checkpoint "
+                      f"{out_dir / POLICY_DIR}; to train further, raise train.steps (run.allow_changed=[train.steps] "
+                      "with a decaying schedule)", flush=True)
+            return out_dir
     stop = StopSignal()
     dist = init_distributed(cfg.parallel, seed=cfg.run.seed)
     try:
@@ -134,7 +203,7 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                     metrics.log_evaluation(*evaluate(t, step))
                 preempted = stop.agreed()
                 if preempted or _due(step, cfg.checkpoint.every, last):
-                    with t.clock.phase("checkpoint_save"):
+                    with t.clock.phase("checkpoint_save"), _disk_full_in_one_line(out_dir, step, dist.rank):
                         ckpt = save_checkpoint(t, step, out_dir)
                     if exports is not None and not preempted:  # a preempted job has seconds, not minutes
                         exports.start(t, step)

@@ -7,8 +7,8 @@ float64 tensor, identical on every rank of a model-parallel group.
   last token of prompt + response. Its vocabulary must be the policy's.
 - ``reward.url``: a service answering POSTed batches (train/http_reward.py).
 - ``module:function``: ``fn(prompts, responses)`` returning one float per response (for rule-based
-  tasks); a function with a ``tokenizer`` parameter also gets the policy checkpoint's SentencePiece
-  tokenizer (None without one) to decode text.
+  tasks); a function with a ``tokenizer`` parameter also gets the policy checkpoint's tokenizer
+  (``decode(ids) -> str``; SentencePiece's or tokenizer.json's methods beside it; None without one).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Stopping on Slurm's signals: every rank agrees at the end of a step, checkpoints and exits 0."""
+"""Stopping on Slurm's signals and Ctrl-C: every rank agrees at the end of a step, checkpoints and exits 0."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 
 import torch
@@ -10,10 +11,11 @@ import torch
 
 class StopSignal:
     """SIGTERM and SIGUSR1 (Slurm's warning before preemption or the time limit, `scancel --signal=USR1`)
-    only set a flag; at the end of each step every rank joins one all-reduce (MAX), so all ranks agree
-    to checkpoint and stop even when only one of them received the signal."""
+    and SIGINT (Ctrl-C) only set a flag; at the end of each step every rank joins one all-reduce (MAX), so
+    all ranks agree to checkpoint and stop even when only one of them received the signal. A second
+    Ctrl-C exits at once, without a checkpoint (``latest`` still names a complete one)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -32,6 +34,11 @@ class StopSignal:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _handle(self, signum, _frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            os.write(2, b"second Ctrl-C: exiting now, without a checkpoint\n")
+            os._exit(130)
+        if signum == signal.SIGINT:  # os.write: the handler may interrupt a print to the same stream
+            os.write(2, b"Ctrl-C: checkpointing at the end of this step, then stopping (Ctrl-C again: exit now)\n")
         self.received = signum
 
     def agreed(self) -> bool:

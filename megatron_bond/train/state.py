@@ -35,7 +35,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from megatron_bond.config import Config, ConfigError
-from megatron_bond.models.checkpoint import check_complete
+from megatron_bond.models.checkpoint import check_complete, refuse_non_finite
 from megatron_bond.models.gpt import unwrap
 from megatron_bond.models.keys import canonical, load_module_state
 from megatron_bond.models.lora import is_adapter
@@ -207,6 +207,7 @@ def load_checkpoint(t, ckpt: Path) -> int:
     template = _state(t, True, fulls)
     anchor_keys = {value.data.data_ptr(): key for key, value in template["anchor"].items()}
     state = dist_checkpointing.load(template, str(ckpt / "dist"))
+    refuse_non_finite(state, str(ckpt), torch.distributed.group.WORLD)
     for i, chunk in enumerate(t.policy):
         prefix = "policy."
         module = unwrap(chunk)

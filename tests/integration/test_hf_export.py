@@ -93,3 +93,21 @@ def test_a_kill_during_an_export_keeps_the_previous_and_the_resume_makes_it(conv
     assert not [p.name for p in (out / "hf").iterdir() if p.name.startswith(".")]  # staged copies cleaned
     if (out / "hf" / "step-2").exists():  # kept as the best
         assert (out / "hf" / "step-2" / "model.safetensors").read_bytes() == before
+
+
+def test_a_training_checkpoint_exports_like_the_runs_own_export(runs, tmp_path):
+    """tools/convert_megatron_to_hf.py takes RUN_DIR/checkpoints/step_N (it took only converted checkpoints
+    and policy/): the same tensors as the run's export of that step, files readable as other outputs (not 0600)."""
+    from safetensors.torch import load_file
+
+    from tests.integration.conftest import export
+
+    out = runs[(2, 1)]
+    done = export(out / "checkpoints" / "step_0000004", tmp_path / "hf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, want = load_file(tmp_path / "hf" / "model.safetensors"), load_file(out / "hf" / "step-4" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "hf" / "config.json").is_file()

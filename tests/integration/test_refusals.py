@@ -1,6 +1,7 @@
 """The catalogue of bad inputs (docs/reliability.md): every one is refused with one line that names the
 problem, a non-zero exit code, no traceback, and nothing partial left behind."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -100,6 +101,18 @@ def catalogue(tmp_path_factory, converted):
         return cli(*_train_args(d / "file" / "o"))
 
     case("train_unwritable_output", "is not writable", unwritable)
+    held = []  # open descriptors: the locks stay held until the cases have run
+
+    def output_dir_in_use(d):  # another train on it holds the lock (train/loop.py)
+        (d / "o").mkdir()
+        held.append(os.open(d / "o", os.O_RDONLY))
+        fcntl.flock(held[-1], fcntl.LOCK_EX)
+        return cli(*_train_args(d / "o"))
+
+    # WANDB_BASE_URL points at a closed local port (below): refused for the login or for the server
+    case("train_wandb_online_unreachable", "logging.wandb_mode=online: ",
+         lambda d: cli(*_train_args(d / "o", "logging.wandb_mode=online")))
+    case("train_output_dir_in_use", "is in use by another `megatron-bond train`", output_dir_in_use)
     # train: checkpoints
     case("train_missing_policy_ckpt", "not a megatron-bond checkpoint", lambda d: cli(*_train_args(d / "o", f"policy.ckpt={d / 'nope'}")))
     case("train_reward_ckpt_not_reward", "is not a reward model",
@@ -196,6 +209,15 @@ def catalogue(tmp_path_factory, converted):
         return cli(*_train_args(d / "run"))
 
     case("train_latest_names_missing_step", "missing or incomplete", dangling_latest)
+
+    def corrupt_bytes(dist):  # 4 KB of 0xff inside a shard: fp32 NaNs where the weights were
+        shard = sorted(dist.glob("*.distcp"))[0]
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 4096] = b"\xff" * 4096
+        shard.write_bytes(bytes(data))
+
+    case("train_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged",
+         lambda d: (corrupt_bytes(copy_run(d)), cli(*_train_args(d / "run", "train.steps=3")))[1])
     # train: data and rewards
     case("train_reward_function_missing", "cannot load 'nope:fn'", lambda d: cli(*_train_args(d / "o", "reward.function=nope:fn")))
     case("train_non_finite_reward", "rewards must be finite numbers",
@@ -259,6 +281,16 @@ def catalogue(tmp_path_factory, converted):
                        "--max-new-tokens", "16"))
     # config / simulate
     case("config_yaml_syntax", "bad.yaml:3: not valid YAML", lambda d: (bad_yaml(d), cli("config", d / "bad.yaml"))[1])
+    case("config_recipe_not_utf8", "bin.yaml is not UTF-8 text",
+         lambda d: (d.joinpath("bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff"), cli("config", d / "bin.yaml"))[1])
+    case("config_recipe_is_a_directory", "is a directory: give a YAML file", lambda d: cli("config", d))
+    case("config_two_reward_sources", "reward: 2 sources are given (reward.function, reward.url)",
+         lambda d: cli("config", RECIPE, "reward.url=http://h/r", "reward.function=m:f"))
+    case("config_delete_missing_key", "override ~model.nope: the recipe sets no such key", lambda d: cli("config", RECIPE, "~model.nope"))
+    case("config_vllm_pipeline", "rollout.engine: vllm runs at pipeline size 1 (got pp=2)",
+         lambda d: cli("config", RECIPE, "rollout.engine=vllm", "parallel.pp=2"))
+    case("config_model_key_contradicts_checkpoint", "model.num_query_groups: the recipe says 2, policy.ckpt",
+         lambda d: cli("config", RECIPE, f"policy.ckpt={gemma}"))
     case("simulate_too_large", "100000000 sequences need about", lambda d: cli("simulate", "--vocab", "10", "--length", "8"))
     case("simulate_beta_2", "--beta must lie in [0, 1]", lambda d: cli("simulate", "--beta", "2"))
     case("simulate_vocab_0", "--vocab must be >= 2", lambda d: cli("simulate", "--vocab", "0"))
@@ -278,6 +310,16 @@ def catalogue(tmp_path_factory, converted):
         return lambda p: (p / "config.json").write_text(value)
 
     cfg = json.loads((hf / "config.json").read_text())
+    def nan_weight(p):
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(p / "model.safetensors")
+        weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+        save_file(weights, p / "model.safetensors", metadata={"format": "pt"})
+
+    case("convert_unusable_tokenizer", "tokenizer.json: not a usable tokenizer",
+         lambda d: hf_copy(d, lambda p: (p / "tokenizer.json").write_text("{not json")))
+    case("convert_non_finite_weight", "model.layers.0.mlp.up_proj.weight holds non-finite values", lambda d: hf_copy(d, nan_weight))
     case("convert_truncated_weights", "model.safetensors: not a readable safetensors file", lambda d: hf_copy(d, truncate_weights))
     case("convert_config_not_json", "config.json:1: not valid JSON", lambda d: hf_copy(d, edit_config("{not json")))
     case("convert_config_a_list", "expected a JSON object, got a list", lambda d: hf_copy(d, edit_config("[1, 2]")))
@@ -311,8 +353,18 @@ def catalogue(tmp_path_factory, converted):
 
     case("export_incomplete_checkpoint", "is missing: the checkpoint is incomplete", export_incomplete)
 
+    def export_corrupted(d):
+        shutil.copytree(gemma, d / "ck")
+        corrupt_bytes(d / "ck" / "model")
+        return ("megatron_to_hf", d / "ck", d / "out")
+
+    case("export_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged", export_corrupted)
+
     snapshot = {k: _listing(v[2]) for k, v in expected.items()}  # inputs are in place now
-    results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600)[0]
+    results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600,
+                        env={"WANDB_BASE_URL": "http://127.0.0.1:9"})[0]
+    for fd in held:
+        os.close(fd)
     return {name: (message, *results[name], snapshot[name], _listing(d))
             for name, (message, _, d) in expected.items()}
 
@@ -320,7 +372,7 @@ def catalogue(tmp_path_factory, converted):
 CASE_NAMES = [
     "train_unknown_key", "train_bad_type", "train_bad_value", "train_missing_recipe", "train_yaml_syntax",
     "train_tp_vs_heads", "train_pp_vs_layers", "train_world_vs_layout", "train_batch_vs_microbatch",
-    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_missing_policy_ckpt",
+    "train_batch_of_one", "train_bf16_on_cpu", "train_virtual_pipeline", "train_unwritable_output", "train_output_dir_in_use", "train_wandb_online_unreachable", "train_missing_policy_ckpt",
     "train_reward_ckpt_not_reward", "train_reward_vocab_mismatch", "train_resume_other_model",
     "train_resume_changed_reward", "train_resume_changed_lr", "train_allow_changed_unknown",
     "train_adam_beta_out_of_range", "train_new_tokens_past_context", "train_wandb_mode_boolean",
@@ -328,16 +380,19 @@ CASE_NAMES = [
     "train_resume_sharded_optimizer_state",
     "train_lora_unknown_target", "train_lora_rank_above_dimension", "train_resume_lora_other_base",
     "train_truncated_checkpoint", "train_missing_checkpoint_file", "train_missing_rng_state",
-    "train_latest_names_missing_step",
+    "train_latest_names_missing_step", "train_corrupted_checkpoint_bytes", "train_rows_past_context",
+    "train_token_budget_below_a_row", "train_packing_local_gpt_attention", "train_kv_budget_below_a_wave",
     "train_reward_function_missing", "train_non_finite_reward", "train_missing_prompt_file",
     "train_empty_prompt_file", "train_prompts_longer_than_context", "train_prompt_ids_outside_vocab",
     "score_missing_input", "score_batch_size_0", "score_output_dir_missing", "score_incomplete_checkpoint",
     "score_longer_than_context", "score_output_is_a_directory", "generate_input_not_utf8", "generate_zero_new_tokens", "generate_negative_new_tokens",
     "generate_greedy_with_temperature", "generate_stop_id_outside_vocab", "generate_prompt_longer_than_context",
-    "config_yaml_syntax", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
-    "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
+    "config_yaml_syntax", "config_recipe_not_utf8", "config_recipe_is_a_directory", "config_two_reward_sources",
+    "config_delete_missing_key", "config_vllm_pipeline", "config_model_key_contradicts_checkpoint", "simulate_too_large", "simulate_beta_2", "simulate_vocab_0",
+    "convert_unusable_tokenizer", "convert_non_finite_weight", "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
     "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_config_missing_vocab",
     "convert_config_missing_head_dim", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
+    "export_corrupted_checkpoint_bytes",
 ]
 
 

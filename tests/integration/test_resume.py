@@ -114,16 +114,24 @@ def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(reference, tmp_p
     assert not list((tmp_path / "checkpoints").glob(".*.partial"))
 
 
-def test_sigusr1_checkpoints_exits_0_and_resumes(reference, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT])
+def test_sigusr1_or_ctrl_c_checkpoints_exits_0_and_resumes(reference, tmp_path, signum):
+    """Ctrl-C ended in a KeyboardInterrupt traceback and no checkpoint; now it is SIGUSR1's stop. A finished
+    run started again says it is complete."""
     proc = start(tmp_path)
     wait_for_step(proc, tmp_path, 3)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(signum)
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "Traceback" not in proc.stderr.read()
     stopped = int((tmp_path / "PREEMPTED").read_text())
     assert 3 <= stopped < STEPS and latest(tmp_path) == f"step_{stopped:07d}"
     train(tmp_path)
     assert not (tmp_path / "PREEMPTED").exists()
     assert [UNTIMED(r) for r in rows(tmp_path)] == reference
+    if signum == signal.SIGINT:
+        again = train(tmp_path)
+        assert f"is complete: step {STEPS} of train.steps={STEPS}" in again.stdout
+        assert [UNTIMED(r) for r in rows(tmp_path)] == reference
 
 
 def test_resume_at_another_layout(tmp_path):
@@ -177,3 +185,12 @@ def test_a_changed_lr_is_refused_on_resume_unless_accepted_and_then_it_applies(t
     assert "resuming with changes accepted by run.allow_changed: optimizer.lr: 0.00025 -> 0.001" in done.stdout
     lrs = {r["step"]: r["lr"] for r in rows(out) if not r.get("eval")}
     assert [lrs[s] for s in range(1, 7)] == [0.00025] * 4 + [1e-3] * 2
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A torch CheckpointException traceback with no "No space left" before; the partial directory stayed."""
+    done = train(tmp_path, env={"MEGATRON_BOND_FAULT": "4:after_tensors:enospc"}, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "step 4: no space left on device while saving a checkpoint" in done.stderr
+    assert "latest still names step_0000002" in done.stderr
+    assert latest(tmp_path) == "step_0000002" and not list((tmp_path / "checkpoints").glob(".*.partial"))

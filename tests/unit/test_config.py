@@ -57,9 +57,57 @@ def test_bad_input_is_one_line_naming_the_key(override, message):
     assert "\n" not in str(err.value)
 
 
-def test_one_reward_source():
-    with pytest.raises(ConfigError, match="reward: give one of reward.ckpt, reward.function and reward.url"):
+def test_one_reward_source_and_the_message_names_the_two_given(tmp_path):
+    with pytest.raises(ConfigError, match=r"reward: 2 sources are given \(reward.function, reward.url\): one at most"):
         load_config(RECIPE, ["reward.url=http://127.0.0.1:1/r", "reward.function=m:f"])
+    (tmp_path / "r.yaml").write_text("reward: {ckpt: a, url: 'http://h/r'}\n")
+    with pytest.raises(ConfigError, match=r"\(reward.ckpt, reward.url\)"):
+        load_config(tmp_path / "r.yaml")
+
+
+def test_a_reward_source_on_the_command_line_replaces_the_recipes():
+    """The README's command: every shipped recipe names reward.ckpt; reward.url given replaces it."""
+    cfg = load_config("recipes/jbond_gemma_7b.yaml", ["reward.url=https://rm.internal/score", "reward.token_env=RM_TOKEN"])
+    assert (cfg.reward.ckpt, cfg.reward.function, cfg.reward.url) == (None, None, "https://rm.internal/score")
+    assert load_config("recipes/jbond_gemma_7b.yaml", ["reward.function=m:f"]).reward.ckpt is None
+    assert load_config("recipes/jbond_gemma_7b.yaml", ["reward.batch_size=4"]).reward.ckpt == "ckpt/gemma-7b-rm"
+
+
+def test_tilde_deletes_a_key_or_a_section():
+    """Hydra's ~key: the recipe's value goes and the schema's default applies (a shipped recipe on
+    another checkpoint: ~model, and the checkpoint decides the architecture)."""
+    from megatron_bond.config import ModelConfig
+
+    cfg = load_config("recipes/jbond_gemma2_9b.yaml", ["~model"])
+    assert cfg.model == ModelConfig()
+    assert load_config(RECIPE, ["~model.hidden_size"]).model.hidden_size == ModelConfig().hidden_size
+    for key in ("model.nope", "nope.x", ""):
+        with pytest.raises(ConfigError, match=f"override ~{key}: the recipe sets no such key to delete"):
+            load_config(RECIPE, [f"~{key}"])
+
+
+def test_a_deleted_model_section_with_a_checkpoint_elsewhere_is_checked_by_train(capsys):
+    """A login node without the checkpoint: nothing to check the architecture against (it was refused as
+    the schema's tiny default model at tp=8)."""
+    assert main(["config", "recipes/jbond_gemma2_9b.yaml", "policy.ckpt=elsewhere/gemma-2-2b", "~model"]) == 0
+    assert "policy.ckpt elsewhere/gemma-2-2b not found here: the architecture is checked when train reads it" in capsys.readouterr().err
+
+
+def test_config_runs_the_checks_train_runs(capsys):
+    """`config` accepted rollout.engine=vllm at pp=2, which train and the planner refuse."""
+    assert main(["config", RECIPE, "rollout.engine=vllm", "parallel.pp=2"]) == 2
+    assert "rollout.engine: vllm runs at pipeline size 1 (got pp=2)" in capsys.readouterr().err
+    assert main(["config", "recipes/jbond_gemma_7b.yaml", "--get", "parallel.tp"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "4\n" and "policy.ckpt ckpt/gemma-7b not found here" in captured.err
+
+
+def test_a_recipe_that_is_not_a_yaml_file_is_one_line(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match="bin.yaml is not UTF-8 text"):
+        load_config(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="is a directory: give a YAML file"):
+        load_config(tmp_path)
 
 
 def test_missing_recipe():

@@ -54,4 +54,4 @@ def test_on_cpu_the_engine_never_sleeps(monkeypatch, kv_gib):
 def test_the_planner_refuses_a_pipeline_the_engine_cannot_serve():
     done = subprocess.run([sys.executable, "tools/plan_memory.py", "recipes/jbond_gemma2_27b.yaml", "rollout.engine=vllm",
                            "--nodes", "2", "--gpus-per-node", "8"], capture_output=True, text=True)
-    assert done.returncode == 2 and "rollout.engine=vllm runs at pipeline size 1 (got pp=2)" in done.stderr
+    assert done.returncode == 2 and "rollout.engine: vllm runs at pipeline size 1 (got pp=2)" in done.stderr

@@ -10,7 +10,8 @@ import sentencepiece
 
 from megatron_bond.config import load_config
 from megatron_bond.models.tokenizer import TextSide
-from megatron_bond.train.data import GEMMA_USER_TURN, PromptOrder, load_prompts
+from megatron_bond.models.tokenizer import gemma_turns
+from megatron_bond.train.data import PromptOrder, load_prompts
 
 TEXTS = [f"the best of {n} samples is better than one" + " sample" * (n % 5) for n in range(40)]
 
@@ -59,7 +60,7 @@ def test_every_format_gives_the_same_prompts(fmt, text, tmp_path):
 def test_chat_template_wraps_each_prompt_in_a_user_turn(text, tmp_path):
     path = _write("jsonl", [{"text": t} for t in TEXTS], tmp_path)
     got = load_prompts(_cfg(path, "data.chat_template=true", "data.max_prompt_tokens=200"), text)
-    want = sorted([2] + text.tokenizer.encode(GEMMA_USER_TURN.format(text=t)) for t in TEXTS)
+    want = sorted([2] + text.tokenizer.encode(gemma_turns([{"role": "user", "content": t}])) for t in TEXTS)
     assert sorted(got.train + got.eval) == want
 
 
@@ -83,3 +84,16 @@ def test_the_order_is_a_fresh_permutation_per_epoch_and_resumes_across_the_bound
         partway.next_batch(4)
     resumed.load_state_dict(partway.state_dict())
     assert [resumed.next_batch(4) for _ in range(2)] == batches[3:]
+
+
+def test_conversations_and_empty_texts(text, tmp_path):
+    """{"messages": [...]} rows in the chat format; empty "text" rows left out and counted (they trained
+    on BOS alone)."""
+    rows = [{"messages": [{"role": "user", "content": t}]} for t in TEXTS[:20]] + [{"messages": [{"role": "user", "content": " "}]}]
+    got = load_prompts(_cfg(_write("jsonl", rows, tmp_path), "data.max_prompt_tokens=64"), text)
+    want = sorted([2] + text.tokenizer.encode(gemma_turns([{"role": "user", "content": t}])) for t in TEXTS[:20])
+    kept = sorted(got.train + got.eval)
+    assert got.empty == 1 and len(kept) + got.dropped == 20 and kept and all(k in want for k in kept)
+    rows = [{"text": t} for t in TEXTS[:20]] + [{"text": ""}, {"text": "  "}]
+    got = load_prompts(_cfg(_write("json", rows, tmp_path), "data.max_prompt_tokens=64"), text)
+    assert got.empty == 2 and len(got.train) + len(got.eval) == 20 and min(map(len, got.train + got.eval)) > 1

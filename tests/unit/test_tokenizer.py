@@ -58,3 +58,49 @@ def test_responses_cut_at_max_new_tokens_get_the_fixed_reward_and_the_rest_the_s
 
     got = TruncatedReward(source, -1.0, 3, (1,))([[2]] * 4, responses)
     assert got.tolist() == [3.0, -1.0, 2.0, 2.0] and seen == [[5, 6, 1], [5, 1], [5, 6]]
+
+
+def _tokenizer_json(hf, template=None):
+    """A tokenizer saved as transformers 5 saves Gemma's: tokenizer.json and tokenizer_config.json only."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", END_OF_TURN, "a",
+                                         "turn", "user", "model", "hi"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<start_of_turn>", END_OF_TURN])
+    hf.mkdir(parents=True, exist_ok=True)
+    tok.save(str(hf / "tokenizer.json"))
+    (hf / "config.json").write_text(json.dumps({"eos_token_id": 1, "bos_token_id": 2}))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": template} if template else {}))
+
+
+def test_a_tokenizer_json_without_tokenizer_model_encodes_text(tmp_path):
+    """transformers 5's save_pretrained writes no tokenizer.model: text prompts were refused."""
+    _tokenizer_json(tmp_path / "ckpt" / "hf")
+    text = load_text_side(tmp_path / "ckpt")
+    assert text.encode(["a turn", "hi"], "x") == [[2, 6, 7], [2, 10]]
+    assert text.decode([6, 7]) == "a turn" and text.tokenizer.size() == 11
+    assert text.stop_ids(chat_template=True) == (1, 5)
+    # without a chat_template in tokenizer_config.json: Gemma's turns
+    assert text.render_chat([{"role": "user", "content": "hi"}], "x") == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_the_chat_template_comes_from_tokenizer_config(tmp_path):
+    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+                "{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<model>{% endif %}")
+    _tokenizer_json(tmp_path / "ckpt" / "hf", template)
+    text = load_text_side(tmp_path / "ckpt")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "turn"}]
+    assert text.render_chat(messages, "x") == "<user>hi<assistant>a<user>turn<model>"  # BOS is encode's
+    with pytest.raises(ConfigError, match="p.jsonl row 3: the checkpoint's chat template refuses these messages"):
+        text.render_chat([{"role": "system", "content": "s"}], "p.jsonl row 3")
+    with pytest.raises(ConfigError, match="messages must be a non-empty list"):
+        text.render_chat([{"role": "user"}], "x")
+
+
+def test_an_unusable_tokenizer_file_is_one_line(tmp_path):
+    _tokenizer_json(tmp_path / "ckpt" / "hf")
+    (tmp_path / "ckpt" / "hf" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="tokenizer.json: not a usable tokenizer"):
+        load_text_side(tmp_path / "ckpt")
