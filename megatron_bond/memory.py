@@ -475,7 +475,7 @@ def format_plan(pl: Plan, change: str | None) -> str:
         # No single change: say by how much it misses, and what combined changes or a larger GPU would need.
         verdict += f"; smallest change that fits: {change}" if change else (
             f"; no single change found: {pl.peak_phase} needs {_size(pl.total).strip()} of {_size(pl.usable).strip()} "
-            f"usable; combine changes (parallel.recompute=true with a larger parallel.tp or parallel.pp, more nodes) "
+            f"usable; combine changes (parallel.recompute=full with a larger parallel.tp or parallel.pp, more nodes) "
             f"or use GPUs of at least {math.ceil(pl.total / (1 - HEADROOM) / GiB)} GB")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
