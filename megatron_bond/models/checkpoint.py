@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint import CheckpointException
 
 from megatron_bond.config import Config, ConfigError, ParallelConfig
 from megatron_bond.models.keys import canonical, load_module_state
@@ -128,7 +129,12 @@ def load_model_checkpoint(ckpt_dir: str | Path, cfg: Config) -> list:
     # adapters on one), else start fresh: the model is then its base.
     saved = read_checkpoint_config(ckpt_dir, check=False).model.lora.enabled
     prefix, folder = ("policy.", "dist") if _training_step(ckpt_dir) else ("", "model")
-    state = dist_checkpointing.load(_sharded(chunks, prefix, adapters=saved), str(Path(ckpt_dir) / folder))
+    try:
+        state = dist_checkpointing.load(_sharded(chunks, prefix, adapters=saved), str(Path(ckpt_dir) / folder))
+    except (Exception, CheckpointException) as err:  # noqa: BLE001
+        # Bytes damaged inside a shard's serialised items: torch's CheckpointException (a BaseException, so
+        # named), raised on every rank together, since DCP gathers the ranks' read errors.
+        raise ConfigError(f"{ckpt_dir}/{folder}: a shard is unreadable ({type(err).__name__}): the checkpoint is damaged") from None
     refuse_non_finite(state, str(ckpt_dir), torch.distributed.group.WORLD)
     for i, chunk in enumerate(chunks):
         # A base checkpoint under a LoRA model: the adapters keep the values they are about to get.

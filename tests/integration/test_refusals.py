@@ -210,10 +210,18 @@ def catalogue(tmp_path_factory, converted):
 
     case("train_latest_names_missing_step", "missing or incomplete", dangling_latest)
 
-    def corrupt_bytes(dist):  # 4 KB of 0xff inside a shard: fp32 NaNs where the weights were
-        shard = sorted(dist.glob("*.distcp"))[0]
+    def corrupt_bytes(dist, where: str = "data"):
+        """4 KB of 0xff in the largest item of a shard: in the middle of its bytes (``data``: fp32 NaNs where
+        the weights were) or at its start (``header``: the item's serialisation, which no longer unpickles).
+        Aimed through the checkpoint's own metadata, so the same bytes are hit whatever else the shard holds."""
+        from torch.distributed.checkpoint import FileSystemReader
+
+        item = max(FileSystemReader(str(dist)).read_metadata().storage_data.values(), key=lambda i: i.length)
+        assert item.length >= 3 * 4096, "the test model's largest tensor is too small to aim inside it"
+        start = item.offset + (item.length // 2 - 2048 if where == "data" else 0)
+        shard = dist / item.relative_path
         data = bytearray(shard.read_bytes())
-        data[len(data) // 2: len(data) // 2 + 4096] = b"\xff" * 4096
+        data[start: start + 4096] = b"\xff" * 4096
         shard.write_bytes(bytes(data))
 
     case("train_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged",
@@ -360,6 +368,13 @@ def catalogue(tmp_path_factory, converted):
 
     case("export_corrupted_checkpoint_bytes", "holds non-finite values (NaN or inf): the checkpoint is damaged", export_corrupted)
 
+    def export_unreadable(d):
+        shutil.copytree(gemma, d / "ck")
+        corrupt_bytes(d / "ck" / "model", where="header")
+        return ("megatron_to_hf", d / "ck", d / "out")
+
+    case("export_unreadable_shard", "a shard is unreadable", export_unreadable)
+
     snapshot = {k: _listing(v[2]) for k, v in expected.items()}  # inputs are in place now
     results = run_ranks("tests.integration.refusal_bodies:run_cases", 1, {"cases": cases}, timeout=600,
                         env={"WANDB_BASE_URL": "http://127.0.0.1:9"})[0]
@@ -392,7 +407,7 @@ CASE_NAMES = [
     "convert_unusable_tokenizer", "convert_non_finite_weight", "convert_truncated_weights", "convert_config_not_json", "convert_config_a_list",
     "convert_config_heads_not_integer", "convert_config_missing_heads", "convert_config_missing_vocab",
     "convert_config_missing_head_dim", "convert_out_under_a_file", "convert_overwrite_a_file", "export_incomplete_checkpoint",
-    "export_corrupted_checkpoint_bytes",
+    "export_corrupted_checkpoint_bytes", "export_unreadable_shard",
 ]
 
 
