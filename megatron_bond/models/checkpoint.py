@@ -100,9 +100,16 @@ def _named_tensors(state, prefix: str = ""):
             yield from _named_tensors(value, f"{prefix}[{i}]")
 
 
+def _finite(t: torch.Tensor) -> bool:
+    # min and max propagate NaN and expose ±inf, and reduce without a tensor-sized temporary (isfinite(t)
+    # would allocate one bool per element, the largest tensor's worth on top of a load's planned peak).
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def first_non_finite(state) -> str | None:
     """The name of the first floating-point tensor in ``state`` (nested dicts / lists) holding a NaN or inf."""
-    return next((name for name, t in _named_tensors(state) if t.is_floating_point() and not torch.isfinite(t).all()),
+    return next((name for name, t in _named_tensors(state) if t.is_floating_point() and t.numel() and not _finite(t)),
                 None)
 
 

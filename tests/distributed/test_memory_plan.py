@@ -89,7 +89,7 @@ def test_a_plan_that_does_not_fit_names_a_change_that_does():
 
 @pytest.mark.parametrize("args, message", [
     (["--nodes", "0"], "--nodes must be >= 1"), (["--nodes", "-1"], "--nodes must be >= 1"),
-    (["--nodes", "4", "--gpu-memory-gb", "0"], "--gpu-memory-gb > 0"),
+    (["--nodes", "4", "--gpu-memory-gb", "0"], "--gpu-memory-gb a finite number > 0"),
     (["--nodes", "4", "model.num_attention_heads=0"], "model.num_attention_heads: must be >= 1, got 0"),
     (["--nodes", "1"], "8 ranks (1 × 8) cannot hold tp·pp = 16: the recipe's layout needs a multiple of 2 nodes of 8"),
     (["--nodes", "4", "--cpu", "policy.dtype=bfloat16"], "bfloat16 training needs CUDA"),
