@@ -59,7 +59,7 @@ RECOMPUTE = {
 }
 
 
-def _te_available() -> bool:
+def te_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
@@ -72,11 +72,11 @@ def _te_available() -> bool:
 def use_transformer_engine(cfg: Config) -> bool:
     """model.transformer_impl resolved: "auto" takes TE wherever CUDA and TE are both present."""
     impl = cfg.model.transformer_impl
-    if impl == "transformer_engine" and not _te_available():
+    if impl == "transformer_engine" and not te_available():
         raise ConfigError("model.transformer_impl: transformer_engine needs CUDA and Transformer Engine "
                           "(pip install -e '.[gpu]', or the NVIDIA PyTorch container); use local or auto")
     # Adapters wrap the local spec's linears (validate.py refuses an explicit transformer_engine with them).
-    return impl == "transformer_engine" or (impl == "auto" and _te_available() and not cfg.model.lora.enabled)
+    return impl == "transformer_engine" or (impl == "auto" and te_available() and not cfg.model.lora.enabled)
 
 
 def attention_impl(cfg: Config) -> str:

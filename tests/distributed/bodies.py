@@ -87,29 +87,36 @@ def ddp_model(cfg: Config) -> list:
     return model
 
 
+def adam_step(model, data, clip_grad: float):
+    """One DDP + Adam step of ``model`` on ``data``: (optimizer, full params before, loss, full grads, ok, grad norm)."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=LR, clip_grad=clip_grad, bf16=False, fp16=False,
+                        adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY),
+        model,
+    )
+    before = gather_full(model)
+    for m in model:
+        m.zero_grad_buffer()
+    optimizer.zero_grad()
+    loss = _run_schedule(model, data, forward_only=False)
+    with params_as_grads(model):
+        grads = gather_full(model)
+    ok, grad_norm, _ = optimizer.step()
+    return optimizer, before, loss, grads, ok, grad_norm
+
+
 def train_step(tp: int, pp: int, num_microbatches: int = 4, save_dir: str | None = None) -> dict:
     """One DDP + Adam step from a layout-invariant init: loss, full grads, full params after."""
     from megatron.core import dist_checkpointing
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     cfg = tiny_config(tp, pp)
     init_distributed(cfg.parallel, seed=SEED)
     try:
         model = ddp_model(cfg)
-        optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=LR, clip_grad=0.5, bf16=False, fp16=False,
-                            adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY),
-            model,
-        )
-        before = gather_full(model)
         data = batches(num_microbatches, cfg.model.vocab_size)
-        for m in model:
-            m.zero_grad_buffer()
-        optimizer.zero_grad()
-        loss = _run_schedule(model, data, forward_only=False)
-        with params_as_grads(model):
-            grads = gather_full(model)
-        ok, grad_norm, _ = optimizer.step()
+        _, before, loss, grads, ok, grad_norm = adam_step(model, data, clip_grad=0.5)
         params = gather_full(model)
         if save_dir:
             __import__("os").makedirs(save_dir, exist_ok=True)

@@ -4,13 +4,12 @@ same model's loss with the adapters merged into plain weights (W + (alpha/r)Â·BÂ
 from __future__ import annotations
 
 import torch
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_bond.config import LoraConfig
 from megatron_bond.models.gpt import build_model
-from megatron_bond.models.layout import gather_full, params_as_grads, sharded_tensors
+from megatron_bond.models.layout import gather_full, sharded_tensors
 from megatron_bond.runtime import destroy_distributed, init_distributed
-from tests.distributed.bodies import ADAM_EPS, LR, SEED, WEIGHT_DECAY, _run_schedule, batches, ddp_model, tiny_config
+from tests.distributed.bodies import SEED, _run_schedule, adam_step, batches, ddp_model, tiny_config
 
 LORA = LoraConfig(rank=4, alpha=8.0)
 TARGETS = {"linear_qkv": "self_attention", "linear_proj": "self_attention", "linear_fc1": "mlp", "linear_fc2": "mlp"}
@@ -42,20 +41,10 @@ def lora_step(tp: int, pp: int, num_microbatches: int = 4) -> dict:
     init_distributed(cfg.parallel, seed=SEED)
     try:
         model = ddp_model(cfg)
-        optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=LR, clip_grad=0.0, bf16=False, fp16=False, adam_eps=ADAM_EPS,
-                            weight_decay=WEIGHT_DECAY), model)
+        data = batches(num_microbatches, cfg.model.vocab_size)
+        optimizer, before, loss, grads, ok, grad_norm = adam_step(model, data, clip_grad=0.0)
         names = {id(p): n for c in model for n, p in c.module.named_parameters()}
         trained = sorted(names[id(p)] for g in optimizer.param_groups for p in g["params"])
-        before = gather_full(model)
-        data = batches(num_microbatches, cfg.model.vocab_size)
-        for m in model:
-            m.zero_grad_buffer()
-        optimizer.zero_grad()
-        loss = _run_schedule(model, data, forward_only=False)
-        with params_as_grads(model):
-            grads = gather_full(model)
-        ok, grad_norm, _ = optimizer.step()
         out = {"loss": loss.item(), "grads": grads, "before": before, "after": gather_full(model), "ok": ok,
                "grad_norm": grad_norm, "trained": trained}
         if tp == pp == 1:

@@ -53,16 +53,6 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _te() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def stage0(out: Path, tiny: bool) -> dict:
     pins = dict(line.split("==") for line in (ROOT / "constraints" / "gpu.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
@@ -123,8 +113,9 @@ def _score(ckpt: Path, rows: list[list[int]], impl: str, dtype: str) -> list[tor
 
 def stage1(out: Path, tiny: bool) -> dict:
     from megatron_bond.convert.convert import hf_to_megatron
+    from megatron_bond.models.spec import te_available
 
-    impls = ["local"] + (["transformer_engine"] if _te() else [])
+    impls = ["local"] + (["transformer_engine"] if te_available() else [])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results, ok = [], True
     for family in ("gemma2", "gemma3"):
@@ -154,8 +145,8 @@ def stage1(out: Path, tiny: bool) -> dict:
                     ok &= row["pass"]
                     results.append(emit(out, row))
     verdict = "passed" if ok else "failed"
-    te = "passed (TE loads the converted checkpoint)" if _te() and ok else (
-        f"{NOT_VALIDATED}: Transformer Engine or CUDA absent" if not _te() else "failed")
+    te = "passed (TE loads the converted checkpoint)" if te_available() and ok else (
+        f"{NOT_VALIDATED}: Transformer Engine or CUDA absent" if not te_available() else "failed")
     return emit(out, {"stage": 1, "verdict": verdict if torch.cuda.is_available() else f"{NOT_VALIDATED}: no CUDA "
                       f"(CPU fp32 parity {verdict})", "te": te, "rows": len(results)})
 
