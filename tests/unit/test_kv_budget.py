@@ -51,7 +51,8 @@ def _cfg(*overrides):
 
 def test_the_planner_counts_one_wave_of_kv_cache():
     """16 prompts × 64 reference samples at once against waves of 4 samples each (16 × 4 × 1024 tokens)."""
-    base = ["train.eval_ref_samples=64", "data.max_prompt_tokens=512", "rollout.max_new_tokens=512"]
+    base = ["train.eval_ref_samples=64", "data.max_prompt_tokens=512", "rollout.max_new_tokens=512",
+            "rollout.max_kv_tokens=null"]  # the recipe's own budget off: all samples at once
     whole, waved = _cfg(*base), _cfg(*base, f"rollout.max_kv_tokens={16 * 4 * 1024}")
     assert samples_per_wave(whole) is None and samples_per_wave(waved) == 4
     alloc = Allocation(nodes=2, gpus_per_node=8)
@@ -64,13 +65,13 @@ def test_the_planner_counts_one_wave_of_kv_cache():
 def test_the_planner_counts_packs_of_the_token_budget():
     """Packed, a training microbatch is one row of at most max_tokens_per_microbatch positions."""
     cfg = _cfg("train.packing=true", "train.max_tokens_per_microbatch=8192", "data.max_prompt_tokens=2048",
-               "rollout.max_new_tokens=2048")
+               "rollout.max_new_tokens=2048", "parallel.recompute=none")  # every layer's activations kept
     pl = plan(cfg, Allocation(nodes=2, gpus_per_node=8))
     key = next(k for k in pl.phases["train"] if k.startswith("training activations"))
     inflight = int(key.rsplit("× ", 1)[1].split()[0])
     layers = cfg.model.num_layers // cfg.parallel.pp
     assert cfg.parallel.pp == 1 and inflight == 1
-    assert pl.phases["train"][key] == activation_bytes(cfg.model, cfg.parallel.tp, layers, 8192, 1)
+    assert pl.phases["train"][key] == activation_bytes(cfg.model, cfg.parallel.tp, layers, 8192, 1, on_gpu=True)
 
 
 @pytest.mark.parametrize("overrides, message", [

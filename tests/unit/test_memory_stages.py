@@ -11,8 +11,9 @@ from megatron_bond.resolve import resolve_config
 ALLOC = Allocation(nodes=4, gpus_per_node=8)
 
 
-def _plan(**parallel):
-    cfg = resolve_config(load_config("recipes/jbond_gemma2_27b.yaml", ["policy.ckpt=null", "reward.ckpt=null"]), on_gpu=True)
+def _plan(*overrides, **parallel):
+    cfg = resolve_config(load_config("recipes/jbond_gemma2_27b.yaml", ["policy.ckpt=null", "reward.ckpt=null", *overrides]),
+                         on_gpu=True)
     return plan(dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **parallel)), ALLOC)
 
 
@@ -39,7 +40,7 @@ def test_the_fullest_stage_is_planned_with_its_own_layers():
 def test_every_phase_is_planned_and_the_verdict_is_on_the_largest():
     from megatron_bond.phases import PHASES
 
-    pl = _plan()
+    pl = _plan("rollout.max_kv_tokens=null")  # no KV budget: evaluation holds all its samples at once
     assert tuple(pl.phases) == PHASES
     assert pl.total == max(pl.phase_total(ph) for ph in PHASES) == pl.phase_total(pl.peak_phase)
     # evaluation generates k reference samples per prompt: its KV cache is k / 2 times the rollout's (J-BOND: 2)
