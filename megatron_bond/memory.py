@@ -23,13 +23,14 @@ models on CPU in tests/integration/test_memory_plan.py; docs/memory.md shows the
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from megatron_bond.config import Config, ConfigError, ModelConfig
 from megatron_bond.config.model import LORA_TARGETS
 from megatron_bond.ops.attention import CHUNK_BUDGET_ELEMENTS as ATTENTION_CHUNK_ELEMENTS
 from megatron_bond.ops.logprob import CHUNK_BUDGET_ELEMENTS
-from megatron_bond.rollout.engine import samples_per_wave
+from megatron_bond.config.validate import samples_per_wave
 from megatron_bond.rollout.sampling import BLOCK_ELEMENTS, SAMPLER_BYTES_PER_LOGIT
 from megatron_bond.phases import PHASES
 from megatron_bond.bond.algorithms import algorithm_for
@@ -58,6 +59,14 @@ class Allocation:
     @property
     def world(self) -> int:
         return self.nodes * self.gpus_per_node
+
+
+# vLLM's CPU KV cache (rollout.engine=vllm on CPU): here, so the planner and the engine read one value.
+CPU_KVCACHE_GIB = 1  # the CPU KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise: tiny models, tests beside
+
+
+def cpu_kvcache_gib() -> float:
+    return float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
 
 
 def layer_params(m: ModelConfig, tp: int) -> int:
@@ -388,8 +397,6 @@ def _vllm_engine(phases: dict, resident: dict, cfg: Config, weights: float, gath
     sleep (level 2) in every other phase; it is counted with the allocator's slack, though vLLM's sleep-mode
     pool is its own (an overestimate of 10 % of it). On CPU it never sleeps: its weights (this rank's TP
     share, the trainer's dtype) and its KV cache (VLLM_CPU_KVCACHE_SPACE GiB) are held in every phase."""
-    from megatron_bond.rollout.vllm_engine import cpu_kvcache_gib
-
     refit = {"refit: the largest tensor gathered over TP and concatenated (2 copies of the embedding)": gathered}
     phases["rollout"], phases["eval"] = dict(refit), dict(refit)
     if on_gpu:

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from megatron_bond.config import ConfigError
-from megatron_bond.config.validate import longest_row
 from megatron_bond.rollout.generate import generate
 from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, derived_seed
 from megatron_bond.rollout.sampling import SamplingParams
@@ -81,16 +80,6 @@ def sample_in_waves(engine, role: str, prompts: list[list[int]], n: int, params:
     sizes = [min(per_wave, n - start) for start in range(0, n, per_wave)]
     return Rollouts.joined([engine.sample(role, prompts, m, params, (*seed_parts, "wave", w), first_index)
                             for w, m in enumerate(sizes)])
-
-
-def samples_per_wave(cfg) -> int | None:
-    """How many samples per prompt an engine call draws under rollout.max_kv_tokens: its groups of
-    rollout.batch_size prompts each hold m samples of up to data.max_prompt_tokens + rollout.max_new_tokens
-    tokens (config/validate.py checked that m ≥ 1). None: no budget."""
-    r = cfg.rollout
-    if r.max_kv_tokens is None:
-        return None
-    return r.max_kv_tokens // (r.batch_size * longest_row(cfg))
 
 
 def _vllm_engine(*args, **kwargs):

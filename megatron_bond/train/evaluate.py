@@ -27,7 +27,8 @@ from megatron_bond.bond import bon_kl_upper_bound
 from megatron_bond.bond.estimates import (
     BON_NS, bon_kl, bon_quantile, curve_ns, bon_reward, empirical_bon_curve, kl_ratio_interval, mid_quantile, standard_error,
 )
-from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
+from megatron_bond.config.validate import samples_per_wave
+from megatron_bond.rollout.engine import sample_in_waves
 from megatron_bond.runtime.batch import dp_share
 from megatron_bond.rollout.rollouts import Version
 from megatron_bond.train.samples import TRAINING_SAMPLING, response_logprobs

@@ -12,7 +12,8 @@ from megatron.core import parallel_state as ps
 
 from megatron_bond.bond.algorithms import GlobalBatch
 from megatron_bond.models.heads import WeightedLossHead
-from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
+from megatron_bond.config.validate import samples_per_wave
+from megatron_bond.rollout.engine import sample_in_waves
 from megatron_bond.rollout.rollouts import Rollouts, Version, mismatch
 from megatron_bond.runtime.batch import dp_share, gather_dp
 from megatron_bond.runtime.pipeline import broadcast_from_last_stage

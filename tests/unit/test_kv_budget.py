@@ -8,7 +8,8 @@ import pytest
 from megatron_bond.config import ConfigError, load_config
 from megatron_bond.memory import Allocation, activation_bytes, kv_cache_bytes, plan
 from megatron_bond.resolve import resolve_config
-from megatron_bond.rollout.engine import sample_in_waves, samples_per_wave
+from megatron_bond.config.validate import samples_per_wave
+from megatron_bond.rollout.engine import sample_in_waves
 from megatron_bond.rollout.rollouts import Rollouts, Version
 
 V = Version("reference", 0)
