@@ -35,7 +35,7 @@ $(VLLM_STAMP): pyproject.toml constraints/vllm.txt
 
 # pytest exits 5 when it collected nothing; that must fail, and it does (any non-zero exit fails make).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=40 tests
 
 # J-BOND end to end on a small text task built locally: HF checkpoints -> tools/ -> torchrun TP=2 ->
 # export -> runs/demo/quantile_vs_kl.png and samples (CPU, about 6 minutes).

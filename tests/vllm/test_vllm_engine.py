@@ -106,8 +106,9 @@ def _train(vllm_python, out, tp: int, *extra, check: bool = True):
 @pytest.fixture(scope="module")
 def run_args(converted):  # noqa: F811
     root, _, _, _ = converted("gemma2_gqa_hd32")
+    # The hd32 models hold 64 positions: prompts of up to 60 tokens leave room for the 4 new ones.
     return [f"policy.ckpt={root / 'ckpt'}", "reward.function=megatron_bond.train.rewards:tiny_reward",
-            "rollout.engine=vllm"]
+            "rollout.engine=vllm", "data.max_prompt_tokens=60"]
 
 
 @pytest.fixture(scope="module")
