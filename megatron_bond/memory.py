@@ -380,9 +380,11 @@ def plan(cfg: Config, alloc: Allocation, reward: ModelConfig | None = None, on_g
         eval_gen = sum(phases["eval"].values())
         if scoring_layer > eval_gen:
             phases["eval"] = {"scoring the policy's samples (one layer, no grad)": scoring_layer}
+        # The fully parallel save (train/state.py) spreads every tensor of this model-parallel rank over the
+        # DP group, the replicated ones too: each rank stages about 1/DP of weights, anchor and optimizer state.
         host = {"π_ref weights (host copy)": 0 if lora else w * n,
-                "checkpoint save: this rank's saved tensors, copied to the host":
-                    ((w + 4) * trained + (8 + (4 if w != 4 else 0)) * trained / shard) if on_gpu else 0}
+                "checkpoint save: this rank's share of the saved tensors, copied to the host (fully parallel)":
+                    ((w + 4) + 8 + (4 if w != 4 else 0)) * trained / dp if on_gpu else 0}
         return Plan(resident, phases, host, alloc.gpu_memory_gb * GiB,
                     f"tp {tp} × pp {pp} × dp {dp} on {alloc.nodes} × {alloc.gpus_per_node}{where}", on_gpu)
 

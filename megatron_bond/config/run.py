@@ -104,6 +104,9 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = 0  # steps between checkpoints (0: only at the end)
     keep_last: int = 2  # training checkpoints, and Hugging Face exports
+    # Write the tensors in a forked process while training goes on; ``latest`` moves when every rank's are
+    # written (train/state.py). Off by default: a CPU run's saves take a second, and a fork costs more.
+    async_save: bool = False
     export_hf: bool = False  # the policy as a Hugging Face directory beside each checkpoint (RUN_DIR/hf/step-N)
     keep_best: Optional[str] = None  # also keep the export with the best value of this evaluation metric
     keep_best_mode: Literal["max", "min"] = "max"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from megatron.core import parallel_state as ps
 
 from megatron_bond.config import Config, ConfigError
 from megatron_bond.errors import RunError
@@ -23,11 +22,10 @@ from megatron_bond.resolve import resolve_config
 from megatron_bond.train.setup import Trainer, build_trainer
 from megatron_bond.train.state import (
     CHECKPOINTS,
-    LATEST,
     check_resumable,
     latest_checkpoint,
+    CheckpointWriter,
     load_checkpoint,
-    save_checkpoint,
 )
 from megatron_bond.train.signals import StopSignal
 from megatron_bond.train.step import train_step
@@ -101,39 +99,6 @@ def save_policy(t: Trainer, out_dir: Path) -> Path:
     return target
 
 
-def _no_space(err: BaseException) -> bool:
-    """A full disk, however the save reports it: an OSError, or torch's CheckpointException carrying each
-    rank's failure."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in f"{err} {getattr(err, 'failures', '')!r}":
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-@contextlib.contextmanager
-def _disk_full_in_one_line(out_dir: Path, step: int, rank: int):
-    """A save that fills the disk: its partial directory removed, one line (``latest`` still names the
-    previous complete checkpoint: state.py renames and points only after every rank's files are written)."""
-    try:
-        yield
-    except Exception as err:
-        if not _no_space(err):
-            raise
-        root = out_dir / CHECKPOINTS
-        if rank == 0:
-            shutil.rmtree(root / f".step_{step:07d}.partial", ignore_errors=True)
-        pointer = root / LATEST
-        previous = pointer.read_text().strip() if pointer.is_file() else "none yet"
-        raise RunError(f"step {step}: no space left on device while saving a checkpoint under {root}; latest still "
-                       f"names {previous}: free space (or lower checkpoint.keep_last) and start the same command "
-                       "again") from None
-
-
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -190,6 +155,7 @@ def _train(cfg: Config, out_dir: Path) -> Path:
         if exports is not None and start > 0 and exports.missing(start):  # killed while exporting it
             exports.start(t, start)
         last = cfg.train.steps
+        checkpoints = CheckpointWriter(cfg, dist, ps.get_data_parallel_group(), out_dir)
         try:
             if start == 0:
                 metrics.log_evaluation(*evaluate(t, 0))
@@ -201,15 +167,17 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                                    f"checkpoint: see {out_dir / METRICS_FILE}, lower optimizer.lr or check the reward")
                 if _due(step, cfg.train.eval_every, last):
                     metrics.log_evaluation(*evaluate(t, step))
+                checkpoints.poll()
                 preempted = stop.agreed()
                 if preempted or _due(step, cfg.checkpoint.every, last):
-                    with t.clock.phase("checkpoint_save"), _disk_full_in_one_line(out_dir, step, dist.rank):
-                        ckpt = save_checkpoint(t, step, out_dir)
+                    with t.clock.phase("checkpoint_save"):
+                        ckpt = checkpoints.save(t, step)
                     if exports is not None and not preempted:  # a preempted job has seconds, not minutes
                         exports.start(t, step)
                 if exports is not None:
                     exports.poll()
                 if preempted:
+                    checkpoints.wait()
                     if exports is not None:
                         exports.wait()
                     if dist.rank == 0:
@@ -218,8 +186,12 @@ def _train(cfg: Config, out_dir: Path) -> Path:
                               "command again resumes from it", flush=True)
                     return out_dir
             policy = save_policy(t, out_dir)
+            checkpoints.wait()
             if exports is not None:
                 exports.wait()
+        except BaseException:
+            checkpoints.abort()
+            raise
         finally:
             metrics.close()
         if dist.rank == 0:

@@ -21,7 +21,10 @@ The sampler needs no state here: its seeds derive from (run seed, step, prompt i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import functools
 import itertools
 import json
 import os
@@ -33,8 +36,12 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from megatron_bond.config import Config, ConfigError
+from megatron_bond.errors import RunError
 from megatron_bond.models.checkpoint import check_complete, refuse_non_finite
 from megatron_bond.models.gpt import unwrap
 from megatron_bond.models.keys import canonical, load_module_state
@@ -112,45 +119,132 @@ def _rng_name(pp_rank: int, tp_rank: int, dp_rank: int) -> str:
     return f"pp{pp_rank}_tp{tp_rank}_dp{dp_rank}.pt"
 
 
-def save_checkpoint(t, step: int, out_dir: Path) -> Path:
-    """Collective: every rank writes its part; returns the checkpoint directory."""
-    root = Path(out_dir) / CHECKPOINTS
-    name = f"step_{step:07d}"
-    tmp, final = root / f".{name}.partial", root / name
-    if t.dist.rank == 0:
-        for stale in root.glob(".*.partial"):
-            shutil.rmtree(stale)
-        (tmp / "rng").mkdir(parents=True)
-        (tmp / "dist").mkdir()
-    torch.distributed.barrier()
-    with StopSignal.deferred():  # the writer processes this starts must not die of Slurm's signals
-        dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"))
-    torch.save(_rng_state(), tmp / "rng" / _rng_file(t.dist))
-    fault_point(step, "after_tensors")
-    if t.dist.rank == 0:
+class CheckpointWriter:
+    """Writes training checkpoints (collective: every rank calls each method at the same step).
+
+    Fully parallel: megatron-core's FullyParallelSaveStrategyWrapper spreads the tensors every data-parallel
+    rank holds (weights, anchor, an unsharded optimizer's state) over the DP group, so each rank writes and
+    stages 1/DP of them instead of DP rank 0 writing all. checkpoint.async_save: the shard files are written
+    by a process forked once this rank's tensors are staged (on a GPU copied to the host; on a CPU the
+    fork's copy-on-write pages are the snapshot), megatron-core's AsyncCallsQueue, while training goes on;
+    the small files (RNG, trainer.json, config.json) are written at once. Completion (rename, ``latest``,
+    pruning) runs only when every rank's writer has finished, at a later ``poll`` (each step) or ``wait``
+    (the next save, preemption, the end): until then ``latest`` names the previous checkpoint, and a kill
+    leaves that one intact. One save is in flight at a time."""
+
+    def __init__(self, cfg: Config, dist, dp_group, out_dir: Path):
+        self.cfg, self.dist, self.dp_group, self.root = cfg, dist, dp_group, Path(out_dir) / CHECKPOINTS
+        self.queue = AsyncCallsQueue() if cfg.checkpoint.async_save else None
+        self.pending: int | None = None  # the step whose save is in flight
+
+    def save(self, t, step: int) -> Path:
+        """Starts (async) or writes (sync) the checkpoint of ``step``; returns its final directory."""
+        self.wait()  # the previous save completes first: its partial directory must not be taken for stale
+        name = f"step_{step:07d}"
+        tmp, final = self.root / f".{name}.partial", self.root / name
+        with disk_full_in_one_line(self.root, step, self.dist.rank):
+            if self.dist.rank == 0:
+                for stale in self.root.glob(".*.partial"):
+                    shutil.rmtree(stale)
+                (tmp / "rng").mkdir(parents=True)
+                (tmp / "dist").mkdir()
+            torch.distributed.barrier()
+            strategy = FullyParallelSaveStrategyWrapper(TorchDistSaveShardedStrategy("torch_dist", 1), self.dp_group)
+            with StopSignal.deferred():  # the writer processes this starts must not die of Slurm's signals
+                request = dist_checkpointing.save(_state(t, False, t.anchor.full_shadows()), str(tmp / "dist"),
+                                                  sharded_strategy=strategy, async_sharded_save=self.queue is not None)
+                torch.save(_rng_state(), tmp / "rng" / _rng_file(t.dist))
+                if self.dist.rank == 0:
+                    self._write_trainer(t, step, tmp)
+                if request is None:
+                    self._complete(step, tmp, final)
+                    return final
+                request.add_finalize_fn(functools.partial(self._complete, step, tmp, final))
+                self.queue.schedule_async_request(request)
+        self.pending = step
+        fault_point(step, "async_writing")
+        return final
+
+    def _write_trainer(self, t, step: int, tmp: Path) -> None:
         trainer = {"step": step, "scheduler": t.scheduler.state_dict(), "order": t.order.state_dict(),
-                   "inputs": run_inputs(t.cfg),
-                   "skipped_updates": t.skips.state_dict(),
+                   "inputs": run_inputs(t.cfg), "skipped_updates": t.skips.state_dict(),
                    "layout": {"tp": t.dist.tp, "pp": t.dist.pp, "dp": t.dist.dp},
                    "optimizer_sharding": _optimizer_sharding(t.cfg)}
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
         (tmp / "config.json").write_text(json.dumps(t.cfg.to_dict(), indent=2))
-    torch.distributed.barrier()  # every rank's files are complete
-    if t.dist.rank == 0:
-        fault_point(step, "before_rename")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fault_point(step, "before_latest")
-        pointer = root / f".{LATEST}.tmp"
-        pointer.write_text(name)
-        os.replace(pointer, root / LATEST)
-        fault_point(step, "after_latest")
-        kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
-        for old in kept[: -t.cfg.checkpoint.keep_last]:
-            shutil.rmtree(old)
-    torch.distributed.barrier()
-    return final
+
+    def _complete(self, step: int, tmp: Path, final: Path) -> None:
+        """Every rank's files are written: rank 0 renames, moves ``latest`` and prunes."""
+        fault_point(step, "after_tensors")
+        torch.distributed.barrier()  # every rank's files are complete
+        root = self.root
+        if self.dist.rank == 0:
+            fault_point(step, "before_rename")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fault_point(step, "before_latest")
+            pointer = root / f".{LATEST}.tmp"
+            pointer.write_text(final.name)
+            os.replace(pointer, root / LATEST)
+            fault_point(step, "after_latest")
+            kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+            for old in kept[: -self.cfg.checkpoint.keep_last]:
+                shutil.rmtree(old)
+        torch.distributed.barrier()
+
+    def poll(self) -> None:
+        """Completes the save in flight if every rank's writer has finished (one all-reduce)."""
+        self._finalize(blocking=False)
+
+    def wait(self) -> None:
+        """Blocks until the save in flight is complete and ``latest`` names it."""
+        self._finalize(blocking=True)
+
+    def _finalize(self, blocking: bool) -> None:
+        if self.pending is None:
+            return
+        with disk_full_in_one_line(self.root, self.pending, self.dist.rank):
+            if self.queue.maybe_finalize_async_calls(blocking=blocking):
+                self.pending = None
+
+    def abort(self) -> None:
+        """A failed run: the writer in flight is killed; its partial directory stays behind, ``latest`` unmoved."""
+        if self.queue is not None:
+            self.queue.close(abort=True)
+            self.pending = None
+
+
+def _no_space(err: BaseException) -> bool:
+    """A full disk, however the save reports it: an OSError, or torch's CheckpointException carrying each
+    rank's failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in f"{err} {getattr(err, 'failures', '')!r}":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_in_one_line(root: Path, step: int, rank: int):
+    """A save that fills the disk: its partial directory removed, one line (``latest`` still names the
+    previous complete checkpoint: the rename and the pointer come only after every rank's files are written)."""
+    try:
+        yield
+    except Exception as err:
+        if not _no_space(err):
+            raise
+        if rank == 0:
+            shutil.rmtree(root / f".step_{step:07d}.partial", ignore_errors=True)
+        pointer = root / LATEST
+        previous = pointer.read_text().strip() if pointer.is_file() else "none yet"
+        raise RunError(f"step {step}: no space left on device while saving a checkpoint under {root}; latest still "
+                       f"names {previous}: free space (or lower checkpoint.keep_last) and start the same command "
+                       "again") from None
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

@@ -123,13 +123,14 @@ def phase_peaks(out_dir: str) -> dict:
     inside the trainer's ``phase:<name>`` ranges), against the planner's bytes for the phase."""
     from pathlib import Path
 
+    from megatron.core import parallel_state as ps
     from torch.profiler import ProfilerActivity, profile
 
     from megatron_bond.memory import Allocation, plan
     from megatron_bond.resolve import resolve_config
     from megatron_bond.train.evaluate import evaluate
     from megatron_bond.train.setup import build_trainer
-    from megatron_bond.train.state import load_checkpoint, save_checkpoint
+    from megatron_bond.train.state import CheckpointWriter, load_checkpoint
     from megatron_bond.train.step import train_step
 
     cfg = resolve_config(load_config("recipes/tiny_cpu.yaml", [*GEMMA2, *PHASE_SHAPE, f"run.output_dir={out_dir}"]))
@@ -141,7 +142,7 @@ def phase_peaks(out_dir: str) -> dict:
             train_step(t, 2)
             evaluate(t, 2)
             with t.clock.phase("checkpoint_save"):
-                ckpt = save_checkpoint(t, 2, Path(out_dir))
+                ckpt = CheckpointWriter(cfg, dist, ps.get_data_parallel_group(), Path(out_dir)).save(t, 2)
             with t.clock.phase("checkpoint_load"):
                 load_checkpoint(t, ckpt)
         events = prof.profiler.kineto_results.events()

@@ -103,13 +103,21 @@ def test_kill_9_at_a_random_step_then_resume_is_exact(reference, tmp_path, seed)
     assert [UNTIMED(r) for r in rows(tmp_path)] == reference
 
 
-@pytest.mark.parametrize("point,kept", [("after_tensors", "step_0000002"), ("before_rename", "step_0000002"),
-                                        ("before_latest", "step_0000002"), ("after_latest", "step_0000004")])
-def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path, point, kept):
-    done = train(tmp_path, env={"MEGATRON_BOND_FAULT": f"4:{point}"}, check=False)
+ASYNC = "checkpoint.async_save=true"
+CRASHES = [("after_tensors", "step_0000002", []), ("before_rename", "step_0000002", []),
+           ("before_latest", "step_0000002", []), ("after_latest", "step_0000004", []),
+           # Async: killed while step 4's writer runs, and inside the completion that runs once it is done.
+           # The resume from step 2 is exact only if step 2's writer saved the state of step 2, not the
+           # weights that steps 3 and 4 changed while it ran.
+           ("async_writing", "step_0000002", [ASYNC]), ("before_latest", "step_0000002", [ASYNC])]
+
+
+@pytest.mark.parametrize("point,kept,extra", CRASHES, ids=[f"{p}{'-async' if e else ''}" for p, _, e in CRASHES])
+def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path, point, kept, extra):
+    done = train(tmp_path, *extra, env={"MEGATRON_BOND_FAULT": f"4:{point}"}, check=False)
     assert done.returncode == 137, done.stderr[-2000:]
     assert latest(tmp_path) == kept
-    train(tmp_path)
+    train(tmp_path, *extra)
     assert [UNTIMED(r) for r in rows(tmp_path)] == reference
     assert not list((tmp_path / "checkpoints").glob(".*.partial"))
 
@@ -151,6 +159,22 @@ def test_resume_at_another_layout(tmp_path):
         (got,) = [r for r in rows(out) if r["step"] == 5 and not r.get("eval")]
         assert got["reward/policy"] == step5["reward/policy"]
         assert_reorder_close(got["loss"], step5["loss"], TERMS, LOSS_DEPTH, f"step 5 loss at {name}")
+
+
+def test_async_fully_parallel_save_at_dp2_spreads_the_writes_and_resumes_exactly(tmp_path):
+    """checkpoint.async_save at DP=2: both data-parallel ranks write a share of the replicated tensors (before,
+    DP rank 0 wrote them all and rank 1 nothing), and a resume from step 4 ends with the same rows."""
+    five = ["train.steps=5", ASYNC, "parallel.micro_batch_size=4"]
+    train(tmp_path / "whole", *five, nproc=2)
+    dist = tmp_path / "whole" / "checkpoints" / "step_0000004" / "dist"
+    written = [sum(f.stat().st_size for f in dist.glob(f"__{rank}_*.distcp")) for rank in (0, 1)]
+    assert min(written) > 0.3 * sum(written), written
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole", out)
+    shutil.rmtree(out / "checkpoints" / "step_0000005")
+    (out / "checkpoints" / "latest").write_text("step_0000004")
+    assert "resuming from" in train(out, *five, nproc=2).stdout
+    assert [UNTIMED(r) for r in rows(out)] == [UNTIMED(r) for r in rows(tmp_path / "whole")]
 
 
 def reward_failing_on_rank_1(prompts, responses):
