@@ -7,7 +7,9 @@ seed TUNE_SEED, which no claim uses):
   the envelope of every REINFORCE checkpoint over its β_RL sweep, paired per seed (below 0: J-BOND
   closer to the front). Endpoints as well, labelled as endpoints. By construction: no checkpoint of any
   arm lies above the front.
-- (c) EMA η = 0.02 against swaps every 50 (the paper's) and every 99 (age-matched): shortfall, EMA − swap.
+- (c) EMA η = 0.02 against swaps every 50 (the paper's), every 99 (age-matched) and at the KL-matched
+  interval (of SWAP_CANDIDATES, the one whose mean KL(π‖anchor) over the tuning seed's run is nearest the
+  EMA arm's, each at the EMA arm's tuned learning rate): shortfall, EMA − swap.
 - γ ∈ {0.5, 1} against 0: shortfall.
 - (b) iterative BOND (Best-of-2, anchor replaced every B_ROUND steps) against fixed N = 16: KL over the
   Best-of-N KL along the path (quantiles Q_GRID), and the endpoint quantile, at equal steps.
@@ -36,6 +38,7 @@ Q_GRID = np.linspace(0.55, 0.62, 8)  # (b)'s quantile range
 BETAS_RL = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0)
 B_ROUND, A_N = 50, 8
 BON_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+SWAP_CANDIDATES = (5, 10, 20, 35, 50, 75, 99)
 FULL = {"seeds": [1, 2, 3, 4, 5, 6], "steps": 150, "eval_every": 10, "lrs": (1e-3, 3e-3, 1e-2), "pretrain": 200, "eval_prompts": 16}
 # What fitted the shared 2-core machine of 2026-12-08 (docs/results.md): 3 seeds, 80 steps, 8 held-out prompts.
 REDUCED = {**FULL, "seeds": [1, 2, 3], "steps": 80, "lrs": (3e-3, 1e-2), "eval_prompts": 8}
@@ -97,13 +100,23 @@ def run(scale: str, log=print) -> list[dict]:
         value, reached = shortfall(rows, front, KL_GRID)
         return value if math.isfinite(value) else 10.0 - reached
 
+    every = arms()
     lrs = {}
-    for name, arm in arms().items():
+    for name, arm in every.items():
         scores = {lr: criterion(arm, go(arm, lr, TUNE_SEED)) for lr in cfg["lrs"]} if len(cfg["lrs"]) > 1 else {cfg["lrs"][0]: 0}
         lrs[name] = min(scores, key=scores.get)
         log(f"tuned {name}: lr {lrs[name]} ({time.perf_counter() - start:.0f} s)")
+    # (c)'s KL-matched swap interval, on the tuning seed: the EMA anchor's mean distance to the policy.
+    anchor_kl = lambda arm: float(np.mean([r["kl_anchor"] for r in go(arm, lrs["jbond"], TUNE_SEED)]))  # noqa: E731
+    ema_kl = anchor_kl(every["jbond"])
+    gaps = {n: abs(anchor_kl(Arm("swapKL", every["jbond"].algorithm, "swap", swap_every=n)) - ema_kl) for n in SWAP_CANDIDATES}
+    matched = min(gaps, key=gaps.get)
+    every["swapKL"] = Arm("swapKL", every["jbond"].algorithm, "swap", swap_every=matched)
+    lrs["swapKL"] = lrs["jbond"]
+    log(f"KL-matched swap interval: {matched} steps (EMA's mean KL to its anchor {ema_kl:.4f}; gaps {gaps})")
+    out[0]["swap_kl_matched"] = {"every": matched, "ema_kl_anchor": ema_kl, "gaps": gaps}
     runs = {}
-    for name, arm in arms().items():
+    for name, arm in every.items():
         for seed in cfg["seeds"]:
             runs[name, seed] = go(arm, lrs[name], seed)
             out.append({"kind": "run", "task": "enumerable", "arm": name, "seed": seed, "lr": lrs[name], "rows": runs[name, seed]})
@@ -127,12 +140,13 @@ def run(scale: str, log=print) -> list[dict]:
                             end_sf(name), seeds, "empirical", verdict="measured"))
     # By construction: π_λ maximises E[r] − λ·KL, so no checkpoint of any arm is above the front.
     above = [max(float(np.interp(r["kl_ref"], *front)) - r["reward"] < -1e-9 and r["kl_ref"] <= front[0][-1]
-                 for name in arms() for r in runs[name, s]) for s in seeds]
+                 for name in every for r in runs[name, s]) for s in seeds]
     out.append(_summary("d", "checkpoints above the optimal front (any arm)", [float(a) for a in above], seeds,
                         "by_construction", verdict="fails" if any(above) else "holds"))
     # (c) and γ
-    for swap in ("swap50", "swap99"):
-        out.append(_summary("c", metric + f", EMA eta=0.02 - {swap}", diff(sf("jbond"), sf(swap)), seeds, "empirical"))
+    for swap in ("swap50", "swap99", "swapKL"):
+        label = f"swap every {every[swap].swap_every}" + (" (KL-matched)" if swap == "swapKL" else "")
+        out.append(_summary("c", metric + f", EMA eta=0.02 - {label}", diff(sf("jbond"), sf(swap)), seeds, "empirical"))
     for g in ("gamma0.5", "gamma1"):
         out.append(_summary("gamma", metric + f", {g} - gamma0", diff(sf(g), sf("jbond")), seeds, "empirical"))
     # (b)
@@ -164,7 +178,7 @@ def plot(lines: list[dict], out) -> None:
     task = next(r for r in lines if r["kind"] == "task")
     runs = [r for r in lines if r["kind"] == "run"]
     panels = {"enumerable_d.png": ("reward", ["jbond"] + [f"reinforce {b}" for b in BETAS_RL]),
-              "enumerable_c_gamma.png": ("reward", ["jbond", "swap50", "swap99", "gamma0.5", "gamma1"]),
+              "enumerable_c_gamma.png": ("reward", ["jbond", "swap50", "swap99", "swapKL", "gamma0.5", "gamma1"]),
               "enumerable_b.png": ("quantile", ["iterative", "N16"])}
     for name, (key, arm_names) in panels.items():
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
