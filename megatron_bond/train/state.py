@@ -211,7 +211,9 @@ class CheckpointWriter:
     def abort(self) -> None:
         """A failed run: the writer in flight is killed; its partial directory stays behind, ``latest`` unmoved."""
         if self.queue is not None:
-            self.queue.close(abort=True)
+            for call in self.queue.async_calls:  # AsyncCallsQueue.close(abort=True) kills persistent workers only
+                call.async_caller.close(abort=True)
+            self.queue.async_calls.clear()
             self.pending = None
 
 

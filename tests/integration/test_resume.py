@@ -211,9 +211,11 @@ def test_a_changed_lr_is_refused_on_resume_unless_accepted_and_then_it_applies(t
     assert [lrs[s] for s in range(1, 7)] == [0.00025] * 4 + [1e-3] * 2
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
-    """A torch CheckpointException traceback with no "No space left" before; the partial directory stayed."""
-    done = train(tmp_path, env={"MEGATRON_BOND_FAULT": "4:after_tensors:enospc"}, check=False)
+@pytest.mark.parametrize("extra", [[], [ASYNC]], ids=["sync", "async"])
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, extra):
+    """A torch CheckpointException traceback with no "No space left" before; the partial directory stayed.
+    Async, the failure surfaces when the finished writers are completed, a step or more later."""
+    done = train(tmp_path, *extra, env={"MEGATRON_BOND_FAULT": "4:after_tensors:enospc"}, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "step 4: no space left on device while saving a checkpoint" in done.stderr
     assert "latest still names step_0000002" in done.stderr
