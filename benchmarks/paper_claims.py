@@ -37,42 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # noqa: E402
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
-from megatron_bond.bond.estimates import mean_interval  # noqa: E402
-from megatron_bond.bond.fronts import envelope, kl_ratio_to_bon, optimal_front, shortfall  # noqa: E402
-from megatron_bond.jsonl import strict  # noqa: E402
 from benchmarks import enumerable_claims  # noqa: E402
+from benchmarks.claims_report import as_json, problem, sign_verdict, summary  # noqa: E402
+from benchmarks.paper_claims_retro import retro  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
     SequenceProblem, at_first, bon_curve, front_ratio, run_jbond, sampled_loss,
 )
-
-
-def problem(seed: int, factorised: bool = False) -> SequenceProblem:
-    p = SequenceProblem.random(vocab=4, length=3, seed=seed, factorised=factorised)
-    p.rewards = p.rewards / p.rewards.max()
-    return p
-
-
-def summary(claim: str, setting: str, metric: str, per_seed: list[float], seeds: list[int], **extra) -> dict:
-    """One setting's per-seed values, their mean and 95 % t-interval; a seed whose value is NaN (a run
-    that never reached the point compared) is left out of both and counted in ``missing``."""
-    finite = [v for v in per_seed if math.isfinite(v)]
-    mean, lo, hi = mean_interval(finite) if finite else (math.nan, math.nan, math.nan)
-    return {"kind": "summary", "claim": claim, "setting": setting, "metric": metric, "seeds": seeds,
-            "per_seed": per_seed, "mean": mean, "ci95": [lo, hi], "missing": len(per_seed) - len(finite),
-            "verdict": None, **extra}
-
-
-def sign_verdict(lo: float, hi: float, better_below: bool = True) -> str:
-    """'reproduced' when the interval of a paired difference lies on the claimed side of 0, 'not
-    reproduced' on the other, 'inconclusive' when it holds 0 (or was not measured)."""
-    if hi < 0 or lo > 0:
-        return "reproduced" if (hi < 0) == better_below else "not reproduced"
-    return "inconclusive"
-
-
-def _json(row: dict) -> dict:
-    """Strict JSON, a curve's points rounded to 6 decimals (their figure needs no more)."""
-    return {k: strict(v, 6 if k == "rows" else None) for k, v in row.items()}
 
 
 def adam(p: SequenceProblem, steps: int, lr: float, loss_of, log_every: int = 10, decay: bool = False) -> list[dict]:
@@ -329,64 +299,6 @@ def claim_gamma(seeds: list[int], steps: int) -> list[dict]:
     return out
 
 
-# The simulator's results re-read with the trajectory metrics (issue 41), from the curves in OUT/paper_claims.jsonl.
-RETRO_KL, RETRO_Q = np.linspace(0.05, 3.0, 60), np.linspace(0.8, 0.94, 15)
-
-
-def retro(lines: list[dict], seeds: list[int], steps: int) -> list[dict]:
-    """(d): J-BOND's and REINFORCE's reward shortfall from the optimal front over KL ∈ [0.05, 3], per
-    problem, exact and sampled gradients. (b): iterative BOND's and N = 16's KL over the Best-of-N KL along
-    the path, q ∈ [0.8, 0.94]. (c)'s control: EMA η = 0.02 against swaps every 99 steps with exact
-    gradients (``steps`` swap intervals; the sampled runs are claim c's)."""
-    out, curves = [], [r for r in lines if r["kind"] == "curve"]
-    rows = lambda claim, setting, s: next(r["rows"] for r in curves if r["claim"] == claim and r["setting"] == setting and r["seed"] == s)  # noqa: E731
-    fronts = {}
-    for s in seeds:
-        p = problem(s)
-        fronts[s] = optimal_front(p.ref_probs().log().unsqueeze(0), p.rewards.unsqueeze(0))
-    metric = "reward shortfall from the optimal front, mean over KL in [0.05, 3]"
-    for mode in ("exact", "sampled"):
-        jb = [shortfall(rows("d", f"{mode} jbond", s), fronts[s], RETRO_KL)[0] for s in seeds]
-        out.append(summary("d-retro", f"{mode} jbond", metric, jb, seeds))
-        for beta in D_BETAS:
-            rf = [shortfall(rows("d", f"{mode} reinforce beta_rl={beta}", s), fronts[s], RETRO_KL)[0] for s in seeds]
-            out.append(summary("d-retro", f"{mode} reinforce beta_rl={beta}", metric, rf, seeds))
-            row = summary("d-retro", f"{mode} jbond - reinforce beta_rl={beta}", metric, [a - b for a, b in zip(jb, rf)], seeds)
-            row["verdict"] = sign_verdict(*row["ci95"])
-            out.append(row)
-        env = [shortfall(envelope([rows("d", f"{mode} reinforce beta_rl={b}", s) for b in D_BETAS], RETRO_KL), fronts[s], RETRO_KL)[0]
-               for s in seeds]
-        row = summary("d-retro", f"{mode} jbond - reinforce envelope over {D_BETAS}", metric, [a - b for a, b in zip(jb, env)], seeds)
-        row["verdict"] = sign_verdict(*row["ci95"])
-        out.append(row)
-    ratio = {name: [] for name in ("iterative n=2", "N=16")}
-    for s in seeds:
-        q, k = bon_curve(problem(s), max_n=400)  # Best-of-399 is past q = 0.99 on every problem
-        for name in ratio:
-            ratio[name].append(kl_ratio_to_bon(rows("b", name, s), {"quantile": np.array(q), "kl_ref": np.array(k)}, RETRO_Q)[0])
-    for name in ratio:
-        out.append(summary("b-retro", name, "KL over the Best-of-N KL, mean over q in [0.8, 0.94]", ratio[name], seeds))
-    row = summary("b-retro", "iterative n=2 - N=16", "KL over the Best-of-N KL, mean over q in [0.8, 0.94]",
-                  [a - b for a, b in zip(ratio["iterative n=2"], ratio["N=16"])], seeds)
-    row["verdict"] = sign_verdict(*row["ci95"])
-    out.append(row)
-    if not steps:
-        return out
-    ratios = {"ema": [], "swap": []}
-    for s in seeds:
-        p = problem(s)
-        curve = bon_curve(p, max_n=2000)
-        for mode, kw in (("ema", {"eta": 0.02}), ("swap", {"swap_every": 99})):
-            ratios[mode].append(front_ratio(run_jbond(p, steps * 99, C_LR, seed=1000 + s, **kw), curve)[0])
-    for mode in ratios:
-        out.append(summary("c-exact", f"{mode}: eta=0.02 vs swap_every=99, exact gradients", "front ratio", ratios[mode], seeds))
-    row = summary("c-exact", "eta=0.02 vs swap_every=99, exact gradients", "front ratio, EMA - swap",
-                  [a - b for a, b in zip(ratios["ema"], ratios["swap"])], seeds)
-    row["verdict"] = sign_verdict(*row["ci95"])
-    out.append(row)
-    return out
-
-
 FULL = {"a": (list(range(10)), 1000), "b": (list(range(10)), 150), "c": (list(range(20)), 6),
         "d": (list(range(10)), D_STEPS), "gamma": (list(range(10)), 2000)}
 SMOKE = {"a": ([0, 1], 60), "b": ([0, 1], 10), "c": ([0, 1], 2), "d": ([0, 1], 60), "gamma": ([0, 1], 60)}
@@ -494,7 +406,7 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not a.plot_only:
             log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-            lines = [_json(r) for r in enumerable_claims.run("smoke" if a.smoke else "reduced" if a.reduced else "full", log)]
+            lines = [as_json(r) for r in enumerable_claims.run("smoke" if a.smoke else "reduced" if a.reduced else "full", log)]
             path.write_text("".join(json.dumps(r) + "\n" for r in lines))
             for r in lines:
                 if r["kind"] == "claim":
@@ -508,11 +420,11 @@ def main() -> None:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         seeds = sorted({r["seed"] for r in lines if r["kind"] == "curve" and r["claim"] == "d"})
         start = time.perf_counter()
-        rows = retro(lines, seeds, (SMOKE if a.smoke else FULL)["c"][1])
+        rows = retro(lines, seeds, (SMOKE if a.smoke else FULL)["c"][1], D_BETAS, C_LR)
         for r in rows:
             r["wall_s"] = round(time.perf_counter() - start, 1)
-            print(json.dumps(_json(r)), flush=True)
-        (out / "paper_claims_retro.jsonl").write_text("".join(json.dumps(_json(r)) + "\n" for r in rows))
+            print(json.dumps(as_json(r)), flush=True)
+        (out / "paper_claims_retro.jsonl").write_text("".join(json.dumps(as_json(r)) + "\n" for r in rows))
         return
     if not a.plot_only:
         lines = []
@@ -524,10 +436,10 @@ def main() -> None:
             for r in rows:
                 if r["kind"] == "summary":
                     r["wall_s"] = round(took, 1)
-                    print(json.dumps(_json(r)), flush=True)
+                    print(json.dumps(as_json(r)), flush=True)
             print(f"claim {name}: {took:.0f} s", file=sys.stderr, flush=True)
             lines += rows
-        path.write_text("".join(json.dumps(_json(r)) + "\n" for r in lines))
+        path.write_text("".join(json.dumps(as_json(r)) + "\n" for r in lines))
     plot([json.loads(line) for line in path.read_text().splitlines()], out)
 
 
