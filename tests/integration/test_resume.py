@@ -98,8 +98,9 @@ def test_kill_9_at_a_random_step_then_resume_is_exact(reference, tmp_path, seed)
     proc = start(tmp_path)
     wait_for_step(proc, tmp_path, kill_at)
     kill_all(proc)
-    done = train(tmp_path)
+    done = train(tmp_path, env={"PYTHONWARNINGS": ""})  # Python's own warning filters, as a user runs it
     assert "resuming from" in done.stdout
+    assert "Warning" not in done.stderr, done.stderr[-2000:]  # torch's deprecations inside megatron-core's loader
     assert [UNTIMED(r) for r in rows(tmp_path)] == reference
 
 
