@@ -173,3 +173,16 @@ def test_responses_must_leave_room_for_a_prompt_in_the_context(capsys):
         resolve_config(load_config(RECIPE, ["rollout.max_new_tokens=128"]), on_gpu=False)
     assert main(["config", RECIPE, "rollout.max_new_tokens=200"]) == 2
     assert "leaves no room for a prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.engine=vllm"], "rollout.engine: 'vllm' does not take adapters yet: use rollout.engine=native with model.lora"),
+    (["parallel.tp=2", "parallel.sequence_parallel=true"], "parallel.sequence_parallel: is not supported with model.lora"),
+    (["model.transformer_impl=transformer_engine"], "model.transformer_impl: model.lora runs the local spec"),
+], ids=["vllm", "sequence_parallel", "transformer_engine"])
+def test_what_lora_does_not_take_yet_is_refused_in_one_line(overrides, message):
+    """LoRA with what it does not run yet (the adapters' sequence-parallel reductions, TE's norm-fused linears,
+    vLLM's in-memory adapters) is refused at config time, before anything loads; without LoRA each is accepted."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(RECIPE, ["model.lora.rank=4", *overrides])
+    load_config(RECIPE, overrides)
