@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from benchmarks.claims_report import seed_band
 from megatron_bond.bond.algorithms import Bond, JBond, Reinforce
 from megatron_bond.bond.best_of_n import kl, log_bon_ratio
 from megatron_bond.bond.enumerable import Arm, build, train
@@ -190,14 +191,7 @@ def plot(lines: list[dict], out) -> None:
             mine = [r["rows"] for r in runs if r["arm"] == arm]
             if not mine:
                 continue
-            kls, ys = np.array([[x["kl_ref"] for x in rows] for rows in mine]), np.array([[x[key] for x in rows] for rows in mine])
-            colour = f"C{i}"
-            for k, y in zip(kls, ys):
-                ax.plot(k, y, color=colour, lw=0.5, alpha=0.4)
-            n = len(mine)
-            half = 1.96 * ys.std(0, ddof=1) / math.sqrt(n) if n > 1 else 0 * ys[0]
-            ax.plot(kls.mean(0), ys.mean(0), color=colour, lw=1.8, label=f"{arm} (mean of {n} seeds, 95 % band)")
-            ax.fill_between(kls.mean(0), ys.mean(0) - half, ys.mean(0) + half, color=colour, alpha=0.15)
+            seed_band(ax, [[x["kl_ref"] for x in rows] for rows in mine], [[x[key] for x in rows] for rows in mine], f"C{i}", arm)
         ax.set_xlim(0, max(1.0, 1.2 * max(x["kl_ref"] for r in runs if r["arm"] in arm_names for x in r["rows"])))
         ax.set_xlabel("KL(π ‖ π_ref), exact, held-out prompts")
         ax.set_ylabel(f"exact E[{key}]")

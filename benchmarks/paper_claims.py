@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_bond.bond import bon_probs, jeffreys, kl, policy_gradient_loss  # noqa: E402
 from megatron_bond.bond.algorithms import Bond, Reinforce  # noqa: E402
 from benchmarks import enumerable_claims  # noqa: E402
-from benchmarks.claims_report import as_json, problem, sign_verdict, summary  # noqa: E402
+from benchmarks.claims_report import as_json, problem, seed_band, sign_verdict, summary  # noqa: E402
 from benchmarks.paper_claims_retro import retro  # noqa: E402
 from megatron_bond.bond.simulator import (  # noqa: E402
     SequenceProblem, at_first, bon_curve, front_ratio, run_jbond, sampled_loss,
@@ -315,9 +315,8 @@ def plot(lines: list[dict], out: Path) -> None:
     curves = [r for r in lines if r["kind"] == "curve"]
     by = lambda claim, setting: [r for r in curves if r["claim"] == claim and r["setting"] == setting]  # noqa: E731
 
-    def mean_rows(runs, key):
-        n = min(len(r["rows"]) for r in runs)
-        return [float(np.nanmean([np.nan if r["rows"][i][key] is None else r["rows"][i][key] for r in runs])) for i in range(n)]
+    def band(ax, runs, x, y, colour, label):
+        seed_band(ax, [[row[x] for row in r["rows"]] for r in runs], [[row[y] for row in r["rows"]] for r in runs], colour, label)
 
     def bon(ax, claim):
         """Best-of-N of π_ref at each N, its quantile and KL averaged over the claim's problems (as the
@@ -338,23 +337,22 @@ def plot(lines: list[dict], out: Path) -> None:
 
     if any(r["claim"] == "a" for r in curves):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-        for beta in A_BETAS:
+        for i, beta in enumerate(A_BETAS):
             runs = by("a", f"sampled beta={beta}")
             for ax, key in zip(axes, ("forward_kl", "backward_kl")):
-                ax.plot(mean_rows(runs, "step"), mean_rows(runs, key), label=f"β = {beta}")
+                band(ax, runs, "step", key, f"C{i}", f"β = {beta}")
         for ax in axes:
             ax.set_yscale("log")
-        axes[0].set_title("(a) forward KL(π_BoN ‖ π), mean over problems", fontsize=9)
+        axes[0].set_title("(a) forward KL(π_BoN ‖ π), over problems", fontsize=9)
         axes[0].set_xlabel("step")
         finish(fig, axes[1], "claim_a_bond_beta.png", "backward KL(π ‖ π_BoN); factorised policy, N = 8, sampled",
                xlabel="step", ylabel="")
     if any(r["claim"] == "b" for r in curves):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         bon(ax, "b")
-        for name in ("iterative n=2", "N=16", "N=64"):
-            runs = by("b", name)
-            ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, "quantile"), marker=".", ms=2, label=name)
-        finish(fig, ax, "claim_b_iterative.png", "(b) equal sample budget, sampled estimators (mean over problems)")
+        for i, name in enumerate(("iterative n=2", "N=16", "N=64")):
+            band(ax, by("b", name), "kl_ref", "quantile", f"C{i}", name)
+        finish(fig, ax, "claim_b_iterative.png", "(b) equal sample budget, sampled estimators (problems as seeds)")
     if any(r["claim"] == "c" for r in curves):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for eta, every in C_LAGS:
@@ -371,23 +369,21 @@ def plot(lines: list[dict], out: Path) -> None:
     if any(r["claim"] == "d" for r in curves):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, key in zip(axes, ("quantile", "reward")):
-            for setting in ["exact jbond"] + [f"exact reinforce beta_rl={b}" for b in D_BETAS]:
-                runs = by("d", setting)
-                ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, key), label=setting.replace("exact ", ""))
+            for i, setting in enumerate(["exact jbond"] + [f"exact reinforce beta_rl={b}" for b in D_BETAS]):
+                band(ax, by("d", setting), "kl_ref", key, f"C{i}", setting.replace("exact ", ""))
             ax.set_ylabel(key)
         bon(axes[0], "d")
         axes[0].set_xlabel("KL(π ‖ π_ref)")
         axes[0].legend(fontsize=7)
-        finish(fig, axes[1], "claim_d_reinforce.png", "(d) J-BOND against REINFORCE, exact gradients (mean over problems)",
+        finish(fig, axes[1], "claim_d_reinforce.png", "(d) J-BOND against REINFORCE, exact gradients (problems as seeds)",
                ylabel="expected reward")
     if any(r["claim"] == "gamma" for r in curves):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         bon(ax, "gamma")
-        for gamma in GAMMAS:
-            runs = by("gamma", f"gamma={gamma}")
-            ax.plot(mean_rows(runs, "kl_ref"), mean_rows(runs, "quantile"), label=f"γ = {gamma}")
+        for i, gamma in enumerate(GAMMAS):
+            band(ax, by("gamma", f"gamma={gamma}"), "kl_ref", "quantile", f"C{i}", f"γ = {gamma}")
         ax.set_ylim(0.5, 1.0)
-        finish(fig, ax, "claim_gamma_front.png", "γ: J-BOND's quantile–KL(π_ref) front (exact, mean over problems)")
+        finish(fig, ax, "claim_gamma_front.png", "γ: J-BOND's quantile–KL(π_ref) front (exact, problems as seeds)")
 
 
 def main() -> None:
