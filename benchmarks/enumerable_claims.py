@@ -102,15 +102,19 @@ def run(scale: str, log=print) -> list[dict]:
         return value if math.isfinite(value) else 10.0 - reached
 
     every = arms()
-    lrs = {}
+    lrs, tuning = {}, {}  # tuning: (arm, lr) -> the tuning seed's rows
     for name, arm in every.items():
-        scores = {lr: criterion(arm, go(arm, lr, TUNE_SEED)) for lr in cfg["lrs"]} if len(cfg["lrs"]) > 1 else {cfg["lrs"][0]: 0}
+        if len(cfg["lrs"]) > 1:
+            tuning.update({(name, lr): go(arm, lr, TUNE_SEED) for lr in cfg["lrs"]})
+        scores = {lr: criterion(arm, tuning[name, lr]) if tuning else 0 for lr in cfg["lrs"]}
         lrs[name] = min(scores, key=scores.get)
         log(f"tuned {name}: lr {lrs[name]} ({time.perf_counter() - start:.0f} s)")
     # (c)'s KL-matched swap interval, on the tuning seed: the EMA anchor's mean distance to the policy.
-    anchor_kl = lambda arm: float(np.mean([r["kl_anchor"] for r in go(arm, lrs["jbond"], TUNE_SEED)]))  # noqa: E731
-    ema_kl = anchor_kl(every["jbond"])
-    gaps = {n: abs(anchor_kl(Arm("swapKL", every["jbond"].algorithm, "swap", swap_every=n)) - ema_kl) for n in SWAP_CANDIDATES}
+    mean_anchor_kl = lambda rows: float(np.mean([r["kl_anchor"] for r in rows]))  # noqa: E731
+    ema_rows = tuning.get(("jbond", lrs["jbond"])) or go(every["jbond"], lrs["jbond"], TUNE_SEED)
+    ema_kl = mean_anchor_kl(ema_rows)
+    gaps = {n: abs(mean_anchor_kl(go(Arm("swapKL", every["jbond"].algorithm, "swap", swap_every=n), lrs["jbond"], TUNE_SEED)) - ema_kl)
+            for n in SWAP_CANDIDATES}
     matched = min(gaps, key=gaps.get)
     every["swapKL"] = Arm("swapKL", every["jbond"].algorithm, "swap", swap_every=matched)
     lrs["swapKL"] = lrs["jbond"]

@@ -197,7 +197,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 def samples_per_wave(cfg) -> int | None:
     """How many samples per prompt an engine call draws under rollout.max_kv_tokens: its groups of
     rollout.batch_size prompts each hold m samples of up to data.max_prompt_tokens + rollout.max_new_tokens
-    tokens (config/validate.py checked that m ≥ 1). None: no budget."""
+    tokens (validate() refused a budget with m < 1). None: no budget."""
     r = cfg.rollout
     if r.max_kv_tokens is None:
         return None
